@@ -1,0 +1,1 @@
+"""The resource model: envelope, kinds registry, schemas and validation."""

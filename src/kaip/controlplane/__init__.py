@@ -1,0 +1,1 @@
+"""Controller runtime: work queues, the reconcile loop, the manager, events and conditions."""

@@ -1,0 +1,1 @@
+"""Workload execution: the local process executor (the embedded default's kubelet)."""

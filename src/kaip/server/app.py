@@ -1,0 +1,96 @@
+"""The FastAPI application: resource API, discovery, health, metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kaip import __version__
+from kaip.api import errors
+from kaip.server.context import ServerContext
+from kaip.server.resources import ResourceAPI, discovery_router
+
+MAX_BODY_BYTES = 3 * 1024 * 1024  # Kubernetes' own request limit
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, whether or not they declare a Content-Length."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        seen = 0
+        too_large = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_large = True
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        err = errors.ApiError(413, "RequestEntityTooLarge",
+                              f"the request body is larger than the limit of {self.limit} bytes")
+        body = json.dumps(err.to_status()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(ctx: ServerContext) -> FastAPI:
+    app = FastAPI(title="Kaip", version=__version__, docs_url=None, redoc_url=None)
+    app.state.ctx = ctx
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> str:
+        return "ok"
+
+    @app.get("/readyz", response_class=PlainTextResponse)
+    def readyz() -> Response:
+        if not ctx.ready.is_set():
+            return PlainTextResponse("starting", status_code=503)
+        try:
+            ctx.store.current_rv()
+        except Exception:
+            return PlainTextResponse("store unavailable", status_code=503)
+        return PlainTextResponse("ok")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(errors.ApiError)
+    async def api_error(_request: Any, exc: errors.ApiError) -> JSONResponse:
+        return JSONResponse(exc.to_status(), status_code=exc.code)
+
+    app.include_router(discovery_router(ctx))
+    app.include_router(ResourceAPI(ctx).router)
+    app.add_middleware(BodyLimit)
+    return app

@@ -1,0 +1,140 @@
+"""Authentication (bearer tokens, stored hashed) and authorization (roles bound per namespace).
+
+Roles are Kubernetes' default user-facing ClusterRoles: `view` reads, `edit` also writes, `admin` also
+manages who may do what in the namespace (RoleBindings, ServiceAccount tokens). A ClusterRoleBinding
+grants its role in every namespace and at the cluster scope. Bindings are ordinary `rbac.authorization.k8s.io/v1`
+objects in the store; the cache of them is rebuilt after any of them changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from kaip.api import errors
+from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, ROLE_BINDING, SERVICE_ACCOUNT
+from kaip.api.kinds import KindInfo
+from kaip.store.store import Store
+
+RANK = {"view": 1, "edit": 2, "admin": 3}
+CLUSTER = "*"
+READ_VERBS = {"get", "list", "watch"}
+RBAC_KINDS = {ROLE_BINDING.key, CLUSTER_ROLE_BINDING.key, SERVICE_ACCOUNT.key}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "kaip_" + secrets.token_urlsafe(32)
+
+
+def service_account_user(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+
+
+class Authorizer:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._grants: dict[str, dict[str, int]] | None = None
+        store.add_listener(self._on_change)
+
+    def _on_change(self, _rv: int, kind_key: str) -> None:
+        if kind_key in (ROLE_BINDING.key, CLUSTER_ROLE_BINDING.key):
+            with self._lock:
+                self._grants = None
+
+    def _load(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            if self._grants is not None:
+                return self._grants
+        grants: dict[str, dict[str, int]] = {}
+        for info in (ROLE_BINDING, CLUSTER_ROLE_BINDING):
+            items, _ = self.store.list(info)
+            for rb in items:
+                scope = rb["metadata"].get("namespace") or CLUSTER
+                rank = RANK[rb["roleRef"]["name"]]
+                for subject in rb.get("subjects") or []:
+                    if subject["kind"] == "ServiceAccount":
+                        user = service_account_user(subject.get("namespace") or scope, subject["name"])
+                    else:
+                        user = subject["name"]
+                    per = grants.setdefault(user, {})
+                    per[scope] = max(per.get(scope, 0), rank)
+        with self._lock:
+            self._grants = grants
+        return grants
+
+    # ---- authentication -----------------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Identity:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise errors.unauthorized()
+        token = authorization.removeprefix("Bearer ").strip()
+        found = self.store.find_token(hash_token(token))
+        if found is None:
+            raise errors.unauthorized()
+        user, _ns, expires_at = found
+        if expires_at is not None and expires_at < time.time():
+            raise errors.unauthorized()
+        return Identity(user)
+
+    def issue(self, user: str, namespace: str = "", *, ttl_seconds: int | None = None,
+              description: str = "") -> tuple[str, float | None]:
+        token = new_token()
+        expires_at = time.time() + ttl_seconds if ttl_seconds else None
+        self.store.add_token(hash_token(token), user, namespace, expires_at=expires_at, description=description)
+        return token, expires_at
+
+    # ---- authorization ------------------------------------------------------------------------------
+
+    def rank(self, user: str, namespace: str | None) -> int:
+        per = self._load().get(user, {})
+        cluster = per.get(CLUSTER, 0)
+        return max(cluster, per.get(namespace, 0)) if namespace else cluster
+
+    def visible_namespaces(self, user: str) -> set[str] | None:
+        """Namespaces the user may read in, or None for all of them."""
+        per = self._load().get(user, {})
+        if per.get(CLUSTER, 0) >= RANK["view"]:
+            return None
+        return {ns for ns, r in per.items() if ns != CLUSTER and r >= RANK["view"]}
+
+    def check(self, ident: Identity, verb: str, info: KindInfo, namespace: str | None, *,
+              name: str | None = None, subresource: str | None = None) -> None:
+        needed = self._needed(verb, info, subresource)
+        if subresource == "status" and verb not in READ_VERBS:
+            # Status is what controllers observed; only cluster admins (the controllers' side) write it.
+            ok = self.rank(ident.user, None) >= RANK["admin"]
+        elif info.namespaced:
+            ok = self.rank(ident.user, namespace) >= needed if namespace else \
+                self.rank(ident.user, None) >= needed
+        elif info is NAMESPACE and verb in READ_VERBS:
+            # A team may see the namespaces it has a role in; `list` is filtered by the caller.
+            ok = verb == "list" or self.rank(ident.user, name) >= needed
+        elif verb in READ_VERBS and info is not CLUSTER_ROLE_BINDING:
+            # Cluster-scoped definitions (queues, runtimes) are readable by anyone with some role.
+            ok = bool(self._load().get(ident.user))
+        else:
+            ok = self.rank(ident.user, None) >= needed
+        if not ok:
+            resource = info.plural + (f"/{subresource}" if subresource else "")
+            raise errors.forbidden(ident.user, verb, resource, namespace if info.namespaced else None)
+
+    @staticmethod
+    def _needed(verb: str, info: KindInfo, subresource: str | None) -> int:
+        if verb in READ_VERBS:
+            return RANK["view"]
+        if info.key in RBAC_KINDS or subresource == "token":
+            return RANK["admin"]
+        return RANK["edit"]

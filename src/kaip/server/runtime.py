@@ -1,0 +1,195 @@
+"""Assembling and running one Kaip server: store, controllers, executor and the HTTP application."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from sqlalchemy import text
+
+from kaip import config
+from kaip.api import (
+    core,  # noqa: F401  (registers the core kinds)
+    errors,
+)
+from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, POD
+from kaip.api.kinds import REGISTRY
+from kaip.api.validation import validate_document
+from kaip.controllers.garbage import GarbageCollector, deleted_uid
+from kaip.controllers.namespace import NamespaceReconciler
+from kaip.controllers.pod import PodReconciler
+from kaip.controlplane.events import SYSTEM_NAMESPACE, EventRecorder
+from kaip.controlplane.manager import Controller, Manager
+from kaip.executor.local import LocalExecutor
+from kaip.server.app import create_app
+from kaip.server.auth import Authorizer
+from kaip.server.context import ApiMetrics, Broadcaster, ServerContext
+from kaip.server.logs import LogStreamer
+from kaip.store.store import Store
+
+log = logging.getLogger("kaip.server")
+
+ADMIN_USER = "admin"
+ADMIN_BINDING = "kaip-admin"
+EVENT_RETENTION = int(os.environ.get("KAIP_CHANGE_RETENTION", "100000"))
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class ServerLock:
+    """One server per `$KAIP_HOME` (a file lock) and, on PostgreSQL, one per database (an advisory lock)."""
+
+    ADVISORY_KEY = 0x4B414950  # "KAIP"
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "server.lock"
+        self._fh: Any = None
+        self._pg_conn: Any = None
+
+    def acquire(self, store: Store | None = None) -> None:
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise AlreadyRunning(f"another Kaip server (pid {holder}) is running with home {self.path.parent}") from err
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def acquire_database(self, store: Store) -> None:
+        if store.is_sqlite:
+            return
+        conn = store.engine.connect()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.ADVISORY_KEY}).scalar()
+        conn.commit()
+        if not got:
+            conn.close()
+            raise AlreadyRunning("another Kaip server is running against this database")
+        self._pg_conn = conn
+
+    def release(self) -> None:
+        if self._pg_conn is not None:
+            self._pg_conn.close()
+            self._pg_conn = None
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class KaipServer:
+    def __init__(self, home: Path, *, database_url: str | None = None, resync_seconds: float = 300.0,
+                 bookmark_seconds: float = 5.0) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        self.lock = ServerLock(home)
+        self.lock.acquire()
+        try:
+            self.store = Store(database_url or config.database_url(home))
+            self.lock.acquire_database(self.store)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.registry = REGISTRY
+        self.metrics_registry = CollectorRegistry()
+        ProcessCollector(registry=self.metrics_registry)
+        PlatformCollector(registry=self.metrics_registry)
+        self.executor = LocalExecutor(home / "pods")
+        self.authorizer = Authorizer(self.store)
+        self.ctx = ServerContext(store=self.store, registry=self.registry, authorizer=self.authorizer,
+                                 broadcaster=Broadcaster(self.store), metrics=ApiMetrics(self.metrics_registry),
+                                 logs=LogStreamer(self.store, self.executor), bookmark_seconds=bookmark_seconds)
+        self.app = create_app(self.ctx)
+        self.manager = Manager(self.store, registry=self.metrics_registry, resync_seconds=resync_seconds)
+        self._add_controllers()
+        self._stop = threading.Event()
+
+    def _add_controllers(self) -> None:
+        recorder = lambda name: EventRecorder(self.store, name)  # noqa: E731
+        self.manager.add(Controller("namespace", NamespaceReconciler(self.store, self.registry), for_kind=NAMESPACE))
+        self.manager.add(Controller("pod", PodReconciler(self.store, self.executor, recorder("kaip-pod")),
+                                    for_kind=POD, workers=4))
+        gc = GarbageCollector(self.store, self.registry)
+        self.manager.add(Controller("garbage-collector", gc, watches=[(None, deleted_uid)],
+                                    initial_keys=gc.orphaned_owners))
+
+    # ---- bootstrap ----------------------------------------------------------------------------------
+
+    def bootstrap(self, server_url: str) -> str:
+        """Create the built-in namespaces and the admin credentials on first start; refresh the server URL."""
+        for ns in ("default", SYSTEM_NAMESPACE):
+            if self.store.try_get(NAMESPACE, None, ns) is None:
+                doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+                self._create_quietly(NAMESPACE, doc)
+        if self.store.try_get(CLUSTER_ROLE_BINDING, None, ADMIN_BINDING) is None:
+            doc = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": ADMIN_BINDING},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+                   "subjects": [{"kind": "User", "name": ADMIN_USER}]}
+            self._create_quietly(CLUSTER_ROLE_BINDING, doc)
+        creds = config.read_credentials(self.home) or {}
+        token = creds.get("token")
+        if not token or self.store.find_token(_hash(token)) is None:
+            token, _ = self.authorizer.issue(ADMIN_USER, description="created by kaip up")
+        config.write_credentials(self.home, server_url, token, ADMIN_USER)
+        return token
+
+    def _create_quietly(self, info: Any, doc: dict[str, Any]) -> None:
+        try:
+            self.store.create(info, validate_document(info, doc, namespace=None))
+        except errors.ApiError as err:
+            if err.code != 409:
+                raise
+
+    # ---- running ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.manager.start()
+        threading.Thread(target=self._compactor, name="compactor", daemon=True).start()
+        self.ctx.ready.set()
+
+    def _compactor(self) -> None:
+        while not self._stop.wait(60):
+            try:
+                self.store.compact(EVENT_RETENTION)
+            except Exception:
+                log.exception("compaction failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.manager.stop()
+        self.executor.shutdown()
+        self.store.close()
+        self.lock.release()
+
+    def serve(self, host: str, port: int) -> None:
+        import uvicorn
+
+        url = f"http://{host}:{port}"
+        self.bootstrap(url)
+        self.start()
+        log.info("Kaip %s serving on %s (home %s)", self.store.url.split("://")[0], url, self.home)
+        try:
+            uvicorn.run(self.app, host=host, port=port, log_level="warning", access_log=False,
+                        timeout_graceful_shutdown=2)
+        finally:
+            self.stop()
+
+
+def _hash(token: str) -> str:
+    from kaip.server.auth import hash_token
+
+    return hash_token(token)
