@@ -70,6 +70,7 @@ def up(port: Annotated[int, typer.Option(help="Port to listen on.")] = config.DE
 
     logging.basicConfig(level=os.environ.get("KAIP_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     home_dir = config.home(home)
     try:
         server = KaipServer(home_dir, database_url=database_url)
@@ -96,7 +97,7 @@ def apply(filename: Annotated[list[str], typer.Option("--filename", "-f", help="
             _fail("no objects passed to apply")
         # Namespaces first, so that objects in a namespace created by the same apply find it.
         docs.sort(key=lambda d: 0 if d.obj.get("kind") == "Namespace" else 1)
-        planned = {d.obj["metadata"]["name"] for d in docs if d.obj.get("kind") == "Namespace" and d.obj.get("metadata")}
+        planned = {(d.obj.get("metadata") or {}).get("name") for d in docs if d.obj.get("kind") == "Namespace"}
         targets = []
         problems = []
         for doc in docs:
@@ -133,7 +134,8 @@ def apply(filename: Annotated[list[str], typer.Option("--filename", "-f", help="
                 if applied:
                     err.print("applied before the error: " + ", ".join(applied), markup=False)
                 raise typer.Exit(1) from None
-            unchanged = before is not None and before["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+            unchanged = before is not None and \
+                before["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
             verb = "created" if code == 201 else ("unchanged" if unchanged else "configured")
             ref = f"{res.singular or res.kind.lower()}/{obj['metadata']['name']}"
             applied.append(ref)

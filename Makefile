@@ -1,0 +1,39 @@
+# Kaip: `make demo` runs the platform with the healthcare example; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench clean system-deps
+
+install: $(STAMP) system-deps
+
+# torch is pinned: 2.13.0 is the CPU build on this machine's disk; any other spec downloads CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+	touch $(STAMP)
+
+# PostgreSQL (the store's second backend, tested beside SQLite) comes from Debian's packages.
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: install
+	$(PY) benchmarks/controlplane.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
