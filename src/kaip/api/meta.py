@@ -39,7 +39,9 @@ def dns1123_subdomain_error(value: str) -> str | None:
 
 def qualified_name_error(key: str) -> str | None:
     """Label and annotation keys: an optional DNS subdomain prefix, then a name of at most 63 chars."""
-    prefix, _, name = key.rpartition("/")
+    prefix, slash, name = key.rpartition("/")
+    if slash and not prefix:
+        return "prefix part must be non-empty"
     if prefix and dns1123_subdomain_error(prefix):
         return f"prefix part {dns1123_subdomain_error(prefix)}"
     if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from kaip.api.errors import bad_request
+from kaip.api.meta import label_value_error, qualified_name_error
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ def parse_selector(selector: str | None) -> list[Requirement]:
             reqs.append(Requirement(m.group(2), "!exists" if m.group(1) else "exists"))
         else:
             raise bad_request(f"unable to parse requirement: {part.strip()!r} in labelSelector {selector!r}")
+    for req in reqs:
+        # As Kubernetes' parser does: keys and values must be valid label keys and values.
+        if err := qualified_name_error(req.key):
+            raise bad_request(f"invalid label key {req.key!r} in labelSelector {selector!r}: {err}")
+        if req.op in ("in", "notin") and not req.values:
+            raise bad_request(f"for 'in', 'notin' operators, values set can't be empty (labelSelector {selector!r})")
+        for value in req.values:
+            if err := label_value_error(value):
+                raise bad_request(f"invalid label value {value!r} in labelSelector {selector!r}: {err}")
     return reqs
 
 

@@ -34,6 +34,11 @@ def _parse_time(value: str | None) -> float:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
+def backoff_delay(restart_count: int) -> float:
+    """Seconds to wait before restarting a container that has been restarted `restart_count` times."""
+    return min(BACKOFF_BASE * (2 ** min(restart_count, 32)), BACKOFF_MAX)
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # "keep", "start", "wait", "done"
@@ -66,7 +71,7 @@ def decide(restart_policy: str, cs: dict[str, Any], now: float, deadline_exceede
     code = int(term.get("exitCode", 1))
     if restart_policy == "Never" or (restart_policy == "OnFailure" and code == 0):
         return Decision("done")
-    delay = min(BACKOFF_BASE * (2 ** restart_count), BACKOFF_MAX)
+    delay = backoff_delay(restart_count)
     remaining = _parse_time(term.get("finishedAt")) + delay - now
     return Decision("start") if remaining <= 0 else Decision("wait", remaining)
 
@@ -133,7 +138,7 @@ class PodReconciler:
                 if "terminated" in cs["state"]:
                     cs["lastState"] = {"terminated": cs["state"]["terminated"]}
                 cs["state"] = {"waiting": {"reason": "CrashLoopBackOff",
-                                           "message": f"back-off {BACKOFF_BASE * 2 ** cs['restartCount']:.0f}s "
+                                           "message": f"back-off {backoff_delay(cs['restartCount']):.0f}s "
                                                       f"restarting failed container={container['name']} "
                                                       f"pod={meta['name']}"}}
                 requeue = decision.delay if requeue is None else min(requeue, decision.delay)

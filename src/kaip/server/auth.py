@@ -47,12 +47,20 @@ class Authorizer:
         self.store = store
         self._lock = threading.Lock()
         self._grants: dict[str, dict[str, int]] | None = None
+        # token hash -> (user, expires_at, when looked up); lookups are re-done after TOKEN_CACHE_SECONDS.
+        self._tokens: dict[str, tuple[str, float | None, float]] = {}
         store.add_listener(self._on_change)
+
+    TOKEN_CACHE_SECONDS = 10.0
 
     def _on_change(self, _rv: int, kind_key: str) -> None:
         if kind_key in (ROLE_BINDING.key, CLUSTER_ROLE_BINDING.key):
             with self._lock:
                 self._grants = None
+        elif kind_key == SERVICE_ACCOUNT.key:
+            # A deleted service account's tokens stop working at once, not when the cache expires.
+            with self._lock:
+                self._tokens.clear()
 
     def _load(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -80,14 +88,42 @@ class Authorizer:
     def authenticate(self, authorization: str | None) -> Identity:
         if not authorization or not authorization.startswith("Bearer "):
             raise errors.unauthorized()
-        token = authorization.removeprefix("Bearer ").strip()
-        found = self.store.find_token(hash_token(token))
-        if found is None:
-            raise errors.unauthorized()
-        user, _ns, expires_at = found
-        if expires_at is not None and expires_at < time.time():
+        digest = hash_token(authorization.removeprefix("Bearer ").strip())
+        now = time.time()
+        with self._lock:
+            cached = self._tokens.get(digest)
+        if cached is None or now - cached[2] > self.TOKEN_CACHE_SECONDS:
+            found = self.store.find_token(digest)
+            if found is None or not self._subject_exists(found[0]):
+                raise errors.unauthorized()
+            cached = (found[0], found[2], now)
+            with self._lock:
+                if len(self._tokens) > 10_000:
+                    self._tokens.clear()
+                self._tokens[digest] = cached
+        user, expires_at, _ = cached
+        if expires_at is not None and expires_at < now:
             raise errors.unauthorized()
         return Identity(user)
+
+    def authenticate_cached(self, authorization: str | None) -> Identity | None:
+        """The identity if the token was looked up recently (no I/O), else None: the caller does the lookup."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        digest = hash_token(authorization.removeprefix("Bearer ").strip())
+        now = time.time()
+        with self._lock:
+            cached = self._tokens.get(digest)
+        if cached is None or now - cached[2] > self.TOKEN_CACHE_SECONDS or (cached[1] and cached[1] < now):
+            return None
+        return Identity(cached[0])
+
+    def _subject_exists(self, user: str) -> bool:
+        """A service account's tokens are valid only while the service account exists."""
+        if not user.startswith("system:serviceaccount:"):
+            return True
+        _, _, namespace, name = user.split(":", 3)
+        return self.store.try_get(SERVICE_ACCOUNT, namespace, name) is not None
 
     def issue(self, user: str, namespace: str = "", *, ttl_seconds: int | None = None,
               description: str = "") -> tuple[str, float | None]:

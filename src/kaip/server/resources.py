@@ -71,8 +71,8 @@ class ResourceAPI:
             started = time.perf_counter()
             verb, resource, code = request.method.lower(), "", 500
             try:
-                ident = await run_in_threadpool(self.ctx.authorizer.authenticate,
-                                                request.headers.get("authorization"))
+                ident = self.ctx.authorizer.authenticate_cached(request.headers.get("authorization")) or \
+                    await run_in_threadpool(self.ctx.authorizer.authenticate, request.headers.get("authorization"))
                 target = paths.parse(group if with_group else "", version, rest)
                 info = self.ctx.registry.for_path(target.group, target.version, target.plural)
                 resource = info.plural

@@ -100,8 +100,9 @@ class Store:
         self.engine = make_engine(url)
         self.is_sqlite = url.startswith("sqlite")
         migrate(self.engine)
-        # SQLite has one writer at a time anyway; taking the lock here avoids busy-wait retries.
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        # One server writes to a store (the server lock sees to it), and the database serialises writers on the
+        # counter row anyway: queueing them here is cheaper than SQLite's busy retries or PostgreSQL's lock waits.
+        self._write_lock = threading.Lock()
         self._listeners: list[Callable[[int, str], None]] = []
 
     # ---- notification -------------------------------------------------------------------------------
@@ -118,12 +119,8 @@ class Store:
 
     def _write(self, fn: Callable[[Connection], tuple[Any, int]], kind_key: str = "") -> Any:
         """Run `fn(conn)` in a write transaction; `fn` returns (result, rv) with rv 0 when nothing changed."""
-        if self._write_lock is not None:
-            with self._write_lock, self.engine.begin() as conn:
-                result, rv = fn(conn)
-        else:
-            with self.engine.begin() as conn:
-                result, rv = fn(conn)
+        with self._write_lock, self.engine.begin() as conn:
+            result, rv = fn(conn)
         if rv:
             self._notify(rv, kind_key)
         return result
@@ -142,9 +139,10 @@ class Store:
                                             data=_dumps(obj)))
 
     @staticmethod
-    def _index_owners(conn: Connection, info: KindInfo, obj: Obj) -> None:
+    def _index_owners(conn: Connection, info: KindInfo, obj: Obj, *, new: bool = False) -> None:
         meta = obj["metadata"]
-        conn.execute(delete(owner_refs).where(owner_refs.c.dependent_uid == meta["uid"]))
+        if not new:
+            conn.execute(delete(owner_refs).where(owner_refs.c.dependent_uid == meta["uid"]))
         refs = meta.get("ownerReferences") or []
         if refs:
             conn.execute(insert(owner_refs), [
@@ -280,7 +278,7 @@ class Store:
                                                       uid=meta["uid"], resource_version=rv, data=_dumps(obj)))
             except IntegrityError as err:
                 raise errors.already_exists(info.kind, meta["name"], info.plural) from err
-            self._index_owners(conn, info, obj)
+            self._index_owners(conn, info, obj, new=True)
             self._log(conn, rv, "ADDED", info, obj)
             return obj, rv
 
@@ -353,7 +351,7 @@ class Store:
                 self._log(conn, rv, "DELETED", info, new)
                 return new, rv
             self._put(conn, info, namespace, name, new, rv)
-            if subresource != "status":
+            if new["metadata"].get("ownerReferences") != smeta.get("ownerReferences"):
                 self._index_owners(conn, info, new)
             self._log(conn, rv, "MODIFIED", info, new)
             return new, rv
