@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import time
@@ -161,21 +162,33 @@ class ResourceAPI:
 
     async def _list(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo) -> Response:
         reqs = parse_selector(request.query_params.get("labelSelector"))
-        items, rv = await self._visible_list(ident, t, info)
+        limit, page = _page_params(request)
+        if page is not None and page["rv"] < await run_in_threadpool(self.ctx.store.compacted_rv):
+            raise errors.gone("The provided continue parameter is too old to display a consistent list result. "
+                              "You can start a new list without the continue parameter.")
+        after = (page["ns"], page["name"]) if page else None
+        items, rv = await self._visible_list(ident, t, info, after=after, limit=limit)
+        meta: dict[str, Any] = {"resourceVersion": str(page["rv"] if page else rv)}
+        if limit is not None and len(items) == limit:
+            # Pages after the first are read when asked for; a watch from the first page's version replays
+            # whatever changed in between, so a client that lists page by page and then watches converges.
+            last = items[-1]["metadata"]
+            meta["continue"] = _encode_continue(page["rv"] if page else rv, last.get("namespace", ""), last["name"])
         items = [self._out(info, t, o) for o in items if matches(reqs, o["metadata"].get("labels"))]
         if tables.wants_table(request.headers.get("accept")):
-            return self._json(tables.table(info, items, str(rv)))
+            return self._json(tables.table(info, items, meta["resourceVersion"]))
         return self._json({"apiVersion": info.api_version_for(t.version), "kind": f"{info.kind}List",
-                           "metadata": {"resourceVersion": str(rv)}, "items": items})
+                           "metadata": meta, "items": items})
 
-    async def _visible_list(self, ident: Identity, t: paths.Target, info: KindInfo) -> tuple[list[Obj], int]:
+    async def _visible_list(self, ident: Identity, t: paths.Target, info: KindInfo, *,
+                            after: tuple[str, str] | None = None, limit: int | None = None) -> tuple[list[Obj], int]:
         visible = self.ctx.authorizer.visible_namespaces(ident.user)
         if info is NAMESPACE and visible is not None:
             items, rv = await run_in_threadpool(self.ctx.store.list, info)
             return [o for o in items if o["metadata"]["name"] in visible], rv
-        if info.namespaced and t.namespace is None and visible is not None:
-            return await run_in_threadpool(lambda: self.ctx.store.list(info, namespaces=visible))
-        return await run_in_threadpool(self.ctx.store.list, info, t.namespace)
+        namespaces = visible if info.namespaced and t.namespace is None else None
+        return await run_in_threadpool(lambda: self.ctx.store.list(info, t.namespace, namespaces=namespaces,
+                                                                   after=after, limit=limit))
 
     async def _create(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo) -> Response:
         obj = self._validate(info, await self._body(request), t)
@@ -384,6 +397,29 @@ class ResourceAPI:
 
 def _event(type_: str, obj: Any) -> bytes:
     return (json.dumps({"type": type_, "object": obj}, separators=(",", ":")) + "\n").encode()
+
+
+def _encode_continue(rv: int, namespace: str, name: str) -> str:
+    raw = json.dumps({"rv": rv, "ns": namespace, "name": name}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _page_params(request: Request) -> tuple[int | None, dict[str, Any] | None]:
+    """`limit` and a decoded `continue` token from a list request; 400 for malformed ones."""
+    raw_limit, token = request.query_params.get("limit"), request.query_params.get("continue")
+    limit = None
+    if raw_limit:
+        if not raw_limit.isdigit():
+            raise errors.bad_request(f"limit must be a non-negative integer, not {raw_limit!r}")
+        limit = int(raw_limit) or None
+    if not token:
+        return limit, None
+    try:
+        page = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        page = {"rv": int(page["rv"]), "ns": str(page["ns"]), "name": str(page["name"])}
+    except (ValueError, KeyError, TypeError) as err:
+        raise errors.bad_request("continue key is not valid") from err
+    return limit, page
 
 
 def _flag_dry(request: Request) -> bool:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from kaip.api import errors
@@ -68,7 +68,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # A write transaction takes the write lock up front: upgrading a read snapshot to a writer fails at once
+        # with "database is locked" (no busy wait) when another connection wrote in between.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("kaip_write") else "BEGIN")
 
 
 def make_engine(url: str) -> Engine:
@@ -119,8 +121,10 @@ class Store:
 
     def _write(self, fn: Callable[[Connection], tuple[Any, int]], kind_key: str = "") -> Any:
         """Run `fn(conn)` in a write transaction; `fn` returns (result, rv) with rv 0 when nothing changed."""
-        with self._write_lock, self.engine.begin() as conn:
-            result, rv = fn(conn)
+        with self._write_lock, self.engine.connect() as conn:
+            conn.execution_options(kaip_write=True)
+            with conn.begin():
+                result, rv = fn(conn)
         if rv:
             self._notify(rv, kind_key)
         return result
@@ -150,10 +154,12 @@ class Store:
                  "namespace": meta.get("namespace", ""), "name": meta["name"]} for r in refs])
 
     @staticmethod
-    def _load(conn: Connection, info: KindInfo, namespace: str, name: str) -> Obj | None:
-        row = conn.execute(select(resources.c.data).where(
-            resources.c.kind_key == info.key, resources.c.namespace == namespace,
-            resources.c.name == name)).first()
+    def _load(conn: Connection, info: KindInfo, namespace: str, name: str, *, lock: bool = False) -> Obj | None:
+        """The stored object; `lock` holds its row until commit (on PostgreSQL; SQLite locks the whole database),
+        so that a read-modify-write can't interleave with another writer's, even one in another process."""
+        query = select(resources.c.data).where(
+            resources.c.kind_key == info.key, resources.c.namespace == namespace, resources.c.name == name)
+        row = conn.execute(query.with_for_update() if lock else query).first()
         return json.loads(row[0]) if row else None
 
     # ---- reads --------------------------------------------------------------------------------------
@@ -175,16 +181,22 @@ class Store:
         except errors.ApiError:
             return None
 
-    def list(self, info: KindInfo, namespace: str | None = None, *,
-             namespaces: Iterable[str] | None = None) -> tuple[list[Obj], int]:
+    def list(self, info: KindInfo, namespace: str | None = None, *, namespaces: Iterable[str] | None = None,
+             after: tuple[str, str] | None = None, limit: int | None = None) -> tuple[list[Obj], int]:
         """Objects of a kind (in one namespace, in a set of namespaces, or everywhere) and the
-        resourceVersion they were read at: a watch from that version continues exactly after them."""
+        resourceVersion they were read at: a watch from that version continues exactly after them.
+
+        `after` (namespace, name) and `limit` read one page, in (namespace, name) order."""
         query = select(resources.c.data).where(resources.c.kind_key == info.key)
         if info.namespaced and namespace:
             query = query.where(resources.c.namespace == namespace)
         elif info.namespaced and namespaces is not None:
             query = query.where(resources.c.namespace.in_(list(namespaces)))
+        if after is not None:
+            query = query.where(tuple_(resources.c.namespace, resources.c.name) > tuple_(*after))
         query = query.order_by(resources.c.namespace, resources.c.name)
+        if limit is not None:
+            query = query.limit(limit)
         with self._snapshot() as conn:
             rows = conn.execute(query).all()
             rv = conn.execute(select(counters.c.value).where(counters.c.name == "rv")).scalar_one()
@@ -219,13 +231,17 @@ class Store:
 
     # ---- the change log -----------------------------------------------------------------------------
 
+    def compacted_rv(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(counters.c.value).where(counters.c.name == "compacted_rv")).scalar_one()
+
     def changes_since(self, rv: int, *, kind_keys: Iterable[str] | None = None, limit: int = 1000) -> list[Change]:
         """Changes with a resourceVersion above `rv`, oldest first; 410 Gone if the log no longer reaches back."""
         query = select(changes).where(changes.c.rv > rv)
         if kind_keys is not None:
             query = query.where(changes.c.kind_key.in_(list(kind_keys)))
         query = query.order_by(changes.c.rv).limit(limit)
-        with self.engine.connect() as conn:
+        with self._snapshot() as conn:  # one snapshot: a compaction can't cut rows between the check and the read
             compacted = conn.execute(select(counters.c.value).where(counters.c.name == "compacted_rv")).scalar_one()
             if rv < compacted:
                 raise errors.gone(f"too old resource version: {rv} ({compacted})")
@@ -300,80 +316,87 @@ class Store:
         The main resource keeps the stored status; the `status` subresource changes only status. When the
         object is being deleted and its last finalizer goes, it is removed for good.
         """
+        return self._write(lambda conn: self._update_in(conn, info, obj, subresource=subresource, dry_run=dry_run),
+                           info.key)
+
+    def _update_in(self, conn: Connection, info: KindInfo, obj: Obj, *, subresource: str | None = None,
+                   dry_run: bool = False) -> tuple[Obj, int]:
+        """`update` inside the caller's write transaction: returns (result, rv), rv 0 when nothing changed."""
         meta_in = obj["metadata"]
         namespace = _ns(info, meta_in.get("namespace"))
         name = meta_in["name"]
         want_rv = meta_in.get("resourceVersion")
-
-        def fn(conn: Connection) -> tuple[Obj, int]:
-            stored = self._load(conn, info, namespace, name)
-            if stored is None:
-                raise errors.not_found(info.kind, name, info.plural)
-            smeta = stored["metadata"]
-            if want_rv and str(want_rv) != smeta["resourceVersion"]:
-                raise errors.conflict(info.kind, name, info.plural)
-            if subresource == "status":
-                new = copy.deepcopy(stored)
-                if "status" in obj:
-                    new["status"] = copy.deepcopy(obj["status"])
-                else:
-                    new.pop("status", None)
+        stored = self._load(conn, info, namespace, name, lock=True)
+        if stored is None:
+            raise errors.not_found(info.kind, name, info.plural)
+        smeta = stored["metadata"]
+        if want_rv and str(want_rv) != smeta["resourceVersion"]:
+            raise errors.conflict(info.kind, name, info.plural)
+        if subresource == "status":
+            new = copy.deepcopy(stored)
+            if "status" in obj:
+                new["status"] = copy.deepcopy(obj["status"])
             else:
-                new = copy.deepcopy(obj)
-                nmeta = new["metadata"]
-                for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
-                    if key in smeta:
-                        nmeta[key] = smeta[key]
-                    else:
-                        nmeta.pop(key, None)
-                if info.namespaced:
-                    nmeta["namespace"] = namespace
-                if smeta.get("deletionTimestamp"):
-                    # While deleting, finalizers may only be removed, never added.
-                    kept = [f for f in nmeta.get("finalizers") or [] if f in (smeta.get("finalizers") or [])]
-                    nmeta["finalizers"] = kept
-                if not nmeta.get("finalizers"):
-                    nmeta.pop("finalizers", None)
-                if "status" in stored:
-                    new["status"] = stored["status"]
+                new.pop("status", None)
+        else:
+            new = copy.deepcopy(obj)
+            nmeta = new["metadata"]
+            for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+                if key in smeta:
+                    nmeta[key] = smeta[key]
                 else:
-                    new.pop("status", None)
-                if spec_of(new) != spec_of(stored):
-                    nmeta["generation"] = int(smeta.get("generation", 1)) + 1
-            if new == stored:
-                return stored, 0  # a no-op write does not bump resourceVersion, as Kubernetes does
-            if dry_run:
-                return new, 0
-            rv = self._next_rv(conn)
-            new["metadata"]["resourceVersion"] = str(rv)
-            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-                self._remove(conn, info, namespace, name, new["metadata"]["uid"])
-                self._log(conn, rv, "DELETED", info, new)
-                return new, rv
-            self._put(conn, info, namespace, name, new, rv)
-            if new["metadata"].get("ownerReferences") != smeta.get("ownerReferences"):
-                self._index_owners(conn, info, new)
-            self._log(conn, rv, "MODIFIED", info, new)
+                    nmeta.pop(key, None)
+            if info.namespaced:
+                nmeta["namespace"] = namespace
+            if smeta.get("deletionTimestamp"):
+                # While deleting, finalizers may only be removed, never added (Kubernetes refuses it too).
+                added = [f for f in nmeta.get("finalizers") or [] if f not in (smeta.get("finalizers") or [])]
+                if added:
+                    raise errors.invalid(info.kind, name, [errors.Cause(
+                        "metadata.finalizers", f"Forbidden: no new finalizers can be added if the object is being "
+                        f"deleted, found new finalizers {added}", "FieldValueForbidden")])
+            if not nmeta.get("finalizers"):
+                nmeta.pop("finalizers", None)
+            if "status" in stored:
+                new["status"] = stored["status"]
+            else:
+                new.pop("status", None)
+            if spec_of(new) != spec_of(stored):
+                nmeta["generation"] = int(smeta.get("generation", 1)) + 1
+        if new == stored:
+            return stored, 0  # a no-op write does not bump resourceVersion, as Kubernetes does
+        if dry_run:
+            return new, 0
+        rv = self._next_rv(conn)
+        new["metadata"]["resourceVersion"] = str(rv)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            self._remove(conn, info, namespace, name, new["metadata"]["uid"])
+            self._log(conn, rv, "DELETED", info, new)
             return new, rv
-
-        return self._write(fn, info.key)
+        self._put(conn, info, namespace, name, new, rv)
+        if new["metadata"].get("ownerReferences") != smeta.get("ownerReferences"):
+            self._index_owners(conn, info, new)
+        self._log(conn, rv, "MODIFIED", info, new)
+        return new, rv
 
     def mutate(self, info: KindInfo, namespace: str | None, name: str, fn: Callable[[Obj], Obj | None], *,
-               subresource: str | None = None, attempts: int = 8) -> Obj:
-        """Read-modify-write with retries on conflict. `fn` gets a copy and returns the new object, or
-        None to leave it as it is."""
-        for attempt in range(attempts):
-            current = self.get(info, namespace, name)
+               subresource: str | None = None) -> Obj:
+        """Read-modify-write in one transaction, the row locked from read to commit: `fn` gets a copy of the
+        current object and returns the new one, or None to leave it as it is. Concurrent mutations of one object
+        queue behind each other, so none is lost and none fails with a conflict. `fn` must not use the store."""
+        ns = _ns(info, namespace)
+
+        def tx(conn: Connection) -> tuple[Obj, int]:
+            current = self._load(conn, info, ns, name, lock=True)
+            if current is None:
+                raise errors.not_found(info.kind, name, info.plural)
             new = fn(copy.deepcopy(current))
             if new is None:
-                return current
+                return current, 0
             new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            try:
-                return self.update(info, new, subresource=subresource)
-            except errors.ApiError as err:
-                if err.code != 409 or attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+            return self._update_in(conn, info, new, subresource=subresource)
+
+        return self._write(tx, info.key)
 
     def update_status(self, info: KindInfo, namespace: str | None, name: str,
                       fn: Callable[[dict[str, Any], Obj], None]) -> Obj:
@@ -402,7 +425,7 @@ class Store:
         ns = _ns(info, namespace)
 
         def fn(conn: Connection) -> tuple[tuple[Obj, bool], int]:
-            stored = self._load(conn, info, ns, name)
+            stored = self._load(conn, info, ns, name, lock=True)
             if stored is None:
                 raise errors.not_found(info.kind, name, info.plural)
             smeta = stored["metadata"]
