@@ -239,3 +239,30 @@ ROLE_BINDING = REGISTRY.register(KindInfo("rbac.authorization.k8s.io", "v1", "Ro
 CLUSTER_ROLE_BINDING = REGISTRY.register(KindInfo("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding",
                                                   "clusterrolebindings", namespaced=False,
                                                   schema=RoleBindingBody, columns=_ROLE))
+
+
+class Taint(Schema):
+    key: str
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+class NodeSpec(Schema):
+    unschedulable: bool | None = None
+    taints: list[Taint] | None = None
+
+
+class NodeBody(Schema):
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+
+
+def _resource(name: str) -> Any:
+    return lambda node: ((node.get("status") or {}).get("allocatable") or {}).get(name, "")
+
+
+# The machine itself is the node of the embedded default; the server records its capacity at start.
+NODE = REGISTRY.register(KindInfo("", "v1", "Node", "nodes", namespaced=False, schema=NodeBody, short_names=("no",),
+                                  columns=(Column("Status", lambda n: "Ready" if (n.get("status") or {}).get(
+                                      "conditions") else "Unknown"),
+                                           Column("CPU", _resource("cpu")), Column("Memory", _resource("memory")),
+                                           Column("GPU", _resource("nvidia.com/gpu"), priority=1))))

@@ -12,12 +12,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from sqlalchemy import text
 
-from kaip import config
+from kaip import __version__, config
 from kaip.api import (
     core,  # noqa: F401  (registers the core kinds)
     errors,
 )
-from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, POD
+from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, NODE, POD
 from kaip.api.kinds import REGISTRY
 from kaip.api.validation import validate_document
 from kaip.controllers.garbage import GarbageCollector, deleted_uid
@@ -35,6 +35,7 @@ from kaip.store.store import Store
 log = logging.getLogger("kaip.server")
 
 ADMIN_USER = "admin"
+NODE_NAME = "localhost"
 ADMIN_BINDING = "kaip-admin"
 EVENT_RETENTION = int(os.environ.get("KAIP_CHANGE_RETENTION", "100000"))
 
@@ -140,12 +141,31 @@ class KaipServer:
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
                    "subjects": [{"kind": "User", "name": ADMIN_USER}]}
             self._create_quietly(CLUSTER_ROLE_BINDING, doc)
+        self._record_node()
         creds = config.read_credentials(self.home) or {}
         token = creds.get("token")
         if not token or self.store.find_token(_hash(token)) is None:
             token, _ = self.authorizer.issue(ADMIN_USER, description="created by kaip up")
         config.write_credentials(self.home, server_url, token, ADMIN_USER)
         return token
+
+    def _record_node(self) -> None:
+        """The machine is the node: record what it can hand out (CPUs, memory, GPUs) as node `localhost`."""
+        from kaip.controlplane.conditions import set_condition
+        from kaip.executor.node import detect
+
+        if self.store.try_get(NODE, None, NODE_NAME) is None:
+            self._create_quietly(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {
+                "name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME, "kaip.dev/executor": "local"}}})
+        capacity = detect().as_resources()
+
+        def status(s: dict[str, Any], _obj: dict[str, Any]) -> None:
+            s.update(capacity=capacity, allocatable=capacity,
+                     addresses=[{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname",
+                                                                                 "address": NODE_NAME}],
+                     nodeInfo={"kaipVersion": __version__, "operatingSystem": "linux"})
+            set_condition(s, "Ready", True, "KaipReady", "the local executor is running")
+        self.store.update_status(NODE, None, NODE_NAME, status)
 
     def _create_quietly(self, info: Any, doc: dict[str, Any]) -> None:
         try:
