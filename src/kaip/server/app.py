@@ -90,6 +90,27 @@ def create_app(ctx: ServerContext) -> FastAPI:
     async def api_error(_request: Any, exc: errors.ApiError) -> JSONResponse:
         return JSONResponse(exc.to_status(), status_code=exc.code)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the schema of every kind (named like Kubernetes' definitions), so that
+        clients and conformance checks can see exactly which fields each kind accepts."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                              description="Kaip resource API at Kubernetes REST paths; kind schemas in components.")
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for info in ctx.registry.all():
+                schema = info.schema.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in schema.pop("$defs", {}).items():
+                    schemas.setdefault(name, sub)
+                prefix = ".".join(reversed(info.group.split("."))) if info.group else "io.k8s.api.core"
+                schema["x-kubernetes-group-version-kind"] = [{"group": info.group, "version": info.version,
+                                                              "kind": info.kind}]
+                schemas[f"{prefix}.{info.version}.{info.kind}"] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(discovery_router(ctx))
     app.include_router(ResourceAPI(ctx).router)
     app.add_middleware(BodyLimit)
