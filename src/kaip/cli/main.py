@@ -52,9 +52,15 @@ def _run(fn: Any) -> Any:
         _fail(str(e))
     except manifests.ManifestError as e:
         _fail(str(e))
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ConnectTimeout):
         cfg = config.client_config()
         _fail(f"cannot reach the Kaip server at {cfg.server}: is `kaip up` running?")
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL):
+        cfg = config.client_config()
+        _fail(f"invalid Kaip server address {cfg.server!r}: it must look like http://HOST:PORT")
+    except httpx.HTTPError as e:  # the connection broke or timed out mid-request
+        cfg = config.client_config()
+        _fail(f"request to the Kaip server at {cfg.server} failed: {e or e.__class__.__name__}")
 
 
 # ---- up ---------------------------------------------------------------------------------------------
@@ -403,6 +409,7 @@ def version() -> None:
         out.print(f"Server Version: {server.get('kaipVersion')} ({server.get('gitVersion')})", markup=False)
     except Exception as e:  # the client version is still useful without a server
         err.print(f"Server Version: unavailable ({e.__class__.__name__})", markup=False)
+
 
 
 def main() -> None:

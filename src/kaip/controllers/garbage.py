@@ -19,6 +19,14 @@ def deleted_uid(change: Change) -> Iterable[str]:
         yield change.object["metadata"]["uid"]
 
 
+def referenced_owner_uids(change: Change) -> Iterable[str]:
+    """Owners named by a dependent as it is written: one that is already gone (a dependent created just as
+    its owner was deleted) is collected now, not left until the next restart."""
+    if change.type != "DELETED":
+        for ref in change.object["metadata"].get("ownerReferences") or []:
+            yield ref["uid"]
+
+
 class GarbageCollector:
     def __init__(self, store: Store, registry: KindRegistry) -> None:
         self.store = store

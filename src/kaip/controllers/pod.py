@@ -76,6 +76,16 @@ def decide(restart_policy: str, cs: dict[str, Any], now: float, deadline_exceede
     return Decision("start") if remaining <= 0 else Decision("wait", remaining)
 
 
+def past_deadline(start_time: str | None, deadline_seconds: int | None, now: float) -> bool:
+    """Whether a pod started at `start_time` has been active longer than `activeDeadlineSeconds`.
+
+    `startTime` has whole-second resolution, so the pod may really have started up to a second after it
+    says; counting from the end of that second means a pod is never stopped before its deadline."""
+    if not deadline_seconds or not start_time:
+        return False
+    return now - (_parse_time(start_time) + 1.0) >= deadline_seconds
+
+
 def pod_phase(statuses: list[dict[str, Any]], decisions: list[Decision]) -> str:
     if any(d.action in ("keep", "wait") for d in decisions):
         return "Running"
@@ -121,7 +131,7 @@ class PodReconciler:
         now = time.time()
         status.setdefault("startTime", now_rfc3339())
         deadline = spec.get("activeDeadlineSeconds")
-        deadline_exceeded = bool(deadline) and now - _parse_time(status["startTime"]) > deadline
+        deadline_exceeded = past_deadline(status["startTime"], deadline, now)
         old = {s["name"]: s for s in status.get("containerStatuses") or []}
         statuses, decisions = [], []
         requeue: float | None = None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +17,8 @@ from kaip.server.context import ServerContext
 from kaip.server.resources import ResourceAPI, discovery_router
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Kubernetes' own request limit
+# Request bodies their handlers stream to disk (MLflow artifact uploads): not held in memory, so not limited here.
+STREAMED_PATHS = ("/api/2.0/mlflow-artifacts/artifacts/",)
 
 
 class BodyLimit:
@@ -26,7 +29,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or any(p in scope.get("path", "") for p in STREAMED_PATHS):
             await self.app(scope, receive, send)
             return
         for key, value in scope.get("headers", []):
@@ -64,7 +67,9 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(ctx: ServerContext) -> FastAPI:
+def create_app(ctx: ServerContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The application. `routers` (e.g. the MLflow-compatible tracking API) are matched before the resource API's
+    catch-all `/api/{version}/...` and `/apis/{group}/{version}/...` routes."""
     app = FastAPI(title="Kaip", version=__version__, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
 
@@ -111,6 +116,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    for router in routers:
+        app.include_router(router)
     app.include_router(discovery_router(ctx))
     app.include_router(ResourceAPI(ctx).router)
     app.add_middleware(BodyLimit)

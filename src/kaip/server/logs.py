@@ -53,7 +53,10 @@ class LogStreamer:
             attempt -= 1
         meta = pod["metadata"]
         path = self.executor.log_path(namespace, name, meta["uid"], container, attempt)
-        running = "running" in cs.get("state", {}) and not previous
+        # Following a container that has not started yet waits for it, as it will write its log there.
+        phase = (pod.get("status") or {}).get("phase")
+        not_started = "containerID" not in cs and phase not in ("Succeeded", "Failed")
+        running = ("running" in cs.get("state", {}) or not_started) and not previous
         return path, container, running
 
     async def response(self, request: Request, namespace: str, name: str) -> Response:

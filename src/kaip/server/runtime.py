@@ -20,7 +20,7 @@ from kaip.api import (
 from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, NODE, POD
 from kaip.api.kinds import REGISTRY
 from kaip.api.validation import validate_document
-from kaip.controllers.garbage import GarbageCollector, deleted_uid
+from kaip.controllers.garbage import GarbageCollector, deleted_uid, referenced_owner_uids
 from kaip.controllers.namespace import NamespaceReconciler
 from kaip.controllers.pod import PodReconciler
 from kaip.controlplane.events import SYSTEM_NAMESPACE, EventRecorder
@@ -82,7 +82,14 @@ class ServerLock:
 
     def release(self) -> None:
         if self._pg_conn is not None:
-            self._pg_conn.close()
+            # The lock belongs to the database session: unlock it, and really close the connection (a pooled one
+            # would keep the session, and the lock, alive after the server stopped).
+            try:
+                self._pg_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.ADVISORY_KEY})
+                self._pg_conn.commit()
+            finally:
+                self._pg_conn.invalidate()
+                self._pg_conn.close()
             self._pg_conn = None
         if self._fh is not None:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
@@ -124,7 +131,8 @@ class KaipServer:
         self.manager.add(Controller("pod", PodReconciler(self.store, self.executor, recorder("kaip-pod")),
                                     for_kind=POD, workers=4))
         gc = GarbageCollector(self.store, self.registry)
-        self.manager.add(Controller("garbage-collector", gc, watches=[(None, deleted_uid)],
+        self.manager.add(Controller("garbage-collector", gc,
+                                    watches=[(None, deleted_uid), (None, referenced_owner_uids)],
                                     initial_keys=gc.orphaned_owners))
 
     # ---- bootstrap ----------------------------------------------------------------------------------
