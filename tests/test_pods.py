@@ -270,6 +270,7 @@ def test_never_policy_fails_with_the_exit_code(c: httpx.Client) -> None:
     assert main_status(get_pod(c, "broken") or {})["restartCount"] == 0
     evs = {e["reason"]: e for e in events_for(c, uid)}
     assert {"Started", "Failed"} <= set(evs)
+    assert "BackOff" not in evs  # nothing is restarted under Never, so nothing is said to back off
     assert evs["Failed"]["type"] == "Warning"
     assert evs["Started"]["type"] == "Normal"
     assert evs["Started"]["involvedObject"] == {"apiVersion": "v1", "kind": "Pod", "name": "broken",

@@ -94,6 +94,14 @@ class ObjectMeta(Schema):
                 raise ValueError(f"label {key!r} value {value!r}: {err}")
         return v
 
+    @field_validator("finalizers")
+    @classmethod
+    def _finalizers(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            if err := qualified_name_error(name):
+                raise ValueError(f"finalizer {name!r}: {err}")
+        return v
+
     @field_validator("annotations")
     @classmethod
     def _annotations(cls, v: dict[str, str] | None) -> dict[str, str] | None:

@@ -147,6 +147,8 @@ class PodReconciler:
             elif decision.action == "wait":
                 if "terminated" in cs["state"]:
                     cs["lastState"] = {"terminated": cs["state"]["terminated"]}
+                    self.recorder.record(pod, "Warning", "BackOff",
+                                         f"Back-off restarting failed container {container['name']}")
                 cs["state"] = {"waiting": {"reason": "CrashLoopBackOff",
                                            "message": f"back-off {backoff_delay(cs['restartCount']):.0f}s "
                                                       f"restarting failed container={container['name']} "
@@ -197,7 +199,7 @@ class PodReconciler:
         cs["ready"] = False
         cs["started"] = False
         if code != 0:
-            self.recorder.record(pod, "Warning", "BackOff" if reason == "Error" else reason,
+            self.recorder.record(pod, "Warning", "Lost" if reason == "Lost" else "Failed",
                                  f"Container {cs['name']} exited with code {code}")
 
     def _start(self, pod: dict[str, Any], container: dict[str, Any], cs: dict[str, Any], env: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from kaip.api import errors
-from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, ROLE_BINDING, SERVICE_ACCOUNT
+from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, ROLE_BINDING, SECRET, SERVICE_ACCOUNT
 from kaip.api.kinds import KindInfo
 from kaip.store.store import Store
 
@@ -139,12 +139,13 @@ class Authorizer:
         cluster = per.get(CLUSTER, 0)
         return max(cluster, per.get(namespace, 0)) if namespace else cluster
 
-    def visible_namespaces(self, user: str) -> set[str] | None:
-        """Namespaces the user may read in, or None for all of them."""
+    def visible_namespaces(self, user: str, info: KindInfo | None = None) -> set[str] | None:
+        """Namespaces the user may read in (objects of `info`, when given), or None for all of them."""
+        needed = self._needed("list", info, None) if info is not None else RANK["view"]
         per = self._load().get(user, {})
-        if per.get(CLUSTER, 0) >= RANK["view"]:
+        if per.get(CLUSTER, 0) >= needed:
             return None
-        return {ns for ns, r in per.items() if ns != CLUSTER and r >= RANK["view"]}
+        return {ns for ns, r in per.items() if ns != CLUSTER and r >= needed}
 
     def check(self, ident: Identity, verb: str, info: KindInfo, namespace: str | None, *,
               name: str | None = None, subresource: str | None = None) -> None:
@@ -152,12 +153,16 @@ class Authorizer:
         if subresource == "status" and verb not in READ_VERBS:
             # Status is what controllers observed; only cluster admins (the controllers' side) write it.
             ok = self.rank(ident.user, None) >= RANK["admin"]
+        elif info.namespaced and namespace:
+            ok = self.rank(ident.user, namespace) >= needed
+        elif info.namespaced and verb in ("list", "watch"):
+            # Across namespaces: anyone who may read somewhere; the caller shows only `visible_namespaces`.
+            ok = self.rank(ident.user, None) >= needed or bool(self.visible_namespaces(ident.user, info))
         elif info.namespaced:
-            ok = self.rank(ident.user, namespace) >= needed if namespace else \
-                self.rank(ident.user, None) >= needed
+            ok = self.rank(ident.user, None) >= needed
         elif info is NAMESPACE and verb in READ_VERBS:
-            # A team may see the namespaces it has a role in; `list` is filtered by the caller.
-            ok = verb == "list" or self.rank(ident.user, name) >= needed
+            # A team may see the namespaces it has a role in; `list` and `watch` are filtered by the caller.
+            ok = verb in ("list", "watch") or self.rank(ident.user, name) >= needed
         elif verb in READ_VERBS and info is not CLUSTER_ROLE_BINDING:
             # Cluster-scoped definitions (queues, runtimes) are readable by anyone with some role.
             ok = bool(self._load().get(ident.user))
@@ -170,7 +175,8 @@ class Authorizer:
     @staticmethod
     def _needed(verb: str, info: KindInfo, subresource: str | None) -> int:
         if verb in READ_VERBS:
-            return RANK["view"]
+            # As Kubernetes' `view` role: it reads everything but Secrets (which hold credentials).
+            return RANK["edit"] if info is SECRET else RANK["view"]
         if info.key in RBAC_KINDS or subresource == "token":
             return RANK["admin"]
         return RANK["edit"]

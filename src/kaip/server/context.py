@@ -70,6 +70,8 @@ class ServerContext:
     logs: object  # kaip.server.logs.LogStreamer
     bookmark_seconds: float = 5.0
     ready: threading.Event = field(default_factory=threading.Event)
+    # Set when the server begins to shut down: long-lived streams (watches, log follows) end by themselves.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def store_rv_hint(self) -> int:
         return self.broadcaster.latest_rv

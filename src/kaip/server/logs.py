@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,9 +31,10 @@ def tail_bytes(path: Path, lines: int | None) -> tuple[bytes, int]:
 
 
 class LogStreamer:
-    def __init__(self, store: Store, executor: LocalExecutor) -> None:
+    def __init__(self, store: Store, executor: LocalExecutor, stopping: threading.Event | None = None) -> None:
         self.store = store
         self.executor = executor
+        self.stopping = stopping or threading.Event()
 
     def _locate(self, namespace: str, name: str, container: str | None, previous: bool) -> tuple[Path, str, bool]:
         pod = self.store.get(POD, namespace, name)
@@ -74,7 +76,7 @@ class LogStreamer:
             nonlocal offset, path, running
             if head:
                 yield head
-            while True:
+            while not self.stopping.is_set():
                 chunk = await run_in_threadpool(_read_from, path, offset)
                 if chunk:
                     offset += len(chunk)

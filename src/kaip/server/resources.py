@@ -35,23 +35,48 @@ def status_response(err: errors.ApiError) -> JSONResponse:
     return JSONResponse(err.to_status(), status_code=err.code)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML read as Kubernetes reads it (sigs.k8s.io/yaml): an unquoted date stays a string."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def _parse_body(raw: bytes, content_type: str) -> Any:
     ctype = content_type.split(";")[0].strip().lower()
     if not raw.strip():
         raise errors.bad_request("the request body is empty")
     if "yaml" in ctype:
         try:
-            return yaml.safe_load(raw)
+            doc = yaml.load(raw, Loader=_YamlLoader)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise errors.bad_request(f"the request body is not valid YAML{where}: "
                                      f"{getattr(err, 'problem', err)}") from err
+    else:
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise errors.bad_request(f"the request body is not valid JSON at line {err.lineno}, column {err.colno}: "
+                                     f"{err.msg}") from err
+        except UnicodeDecodeError as err:
+            raise errors.bad_request(f"the request body is not valid UTF-8: {err}") from err
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise errors.bad_request(f"the request body is not valid JSON at line {err.lineno}, column {err.colno}: "
-                                 f"{err.msg}") from err
+        # Only what JSON can carry may be stored: NaN, Infinity or YAML's binary values would be written and
+        # then break every read of the object.
+        json.dumps(doc, allow_nan=False)
+    except (ValueError, TypeError) as err:
+        raise errors.bad_request(f"the request body holds a value JSON cannot represent: {err}") from err
+    return doc
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise errors.bad_request(f"{what} must be an object")
+    return value
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -148,12 +173,20 @@ class ResourceAPI:
 
     def _validate(self, info: KindInfo, doc: Any, t: paths.Target) -> Obj:
         doc = self._in(info, doc, t)
-        name = (doc.get("metadata") or {}).get("name")
+        self._check_name(doc, t)
+        return validate_document(info, doc, namespace=t.namespace)
+
+    @staticmethod
+    def _check_name(doc: Obj, t: paths.Target) -> None:
+        """The name in a body sent to an object's URL must be that object's; a body without one gets it."""
+        meta = doc.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise errors.invalid(doc.get("kind") or "", t.name, [errors.Cause("metadata", "must be an object")])
+        name = (meta or {}).get("name")
         if t.name and name and name != t.name:
             raise errors.bad_request(f"the name of the object ({name}) does not match the name on the URL ({t.name})")
         if t.name and not name:
             doc.setdefault("metadata", {})["name"] = t.name
-        return validate_document(info, doc, namespace=t.namespace)
 
     def _json(self, obj: Any, code: int = 200) -> JSONResponse:
         return JSONResponse(obj, status_code=code)
@@ -182,7 +215,7 @@ class ResourceAPI:
 
     async def _visible_list(self, ident: Identity, t: paths.Target, info: KindInfo, *,
                             after: tuple[str, str] | None = None, limit: int | None = None) -> tuple[list[Obj], int]:
-        visible = self.ctx.authorizer.visible_namespaces(ident.user)
+        visible = self.ctx.authorizer.visible_namespaces(ident.user, info)
         if info is NAMESPACE and visible is not None:
             items, rv = await run_in_threadpool(self.ctx.store.list, info)
             return [o for o in items if o["metadata"]["name"] in visible], rv
@@ -192,6 +225,7 @@ class ResourceAPI:
 
     async def _create(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo) -> Response:
         obj = self._validate(info, await self._body(request), t)
+        obj.pop("status", None)  # status is observed by controllers, never declared (Kubernetes drops it too)
         created = await run_in_threadpool(self.ctx.store.create, info, obj, dry_run=_flag_dry(request))
         return self._json(self._out(info, t, created), 201)
 
@@ -230,6 +264,8 @@ class ResourceAPI:
                     merge_patch(view, patch)
                 if subresource == "status":
                     new = copy.deepcopy(live)
+                    if not isinstance(patched, dict):
+                        raise errors.bad_request("the patched object must be an object")
                     new["status"] = patched.get("status")
                 else:
                     new = self._validate(info, patched, t)
@@ -251,6 +287,7 @@ class ResourceAPI:
                 fresh = apply_config({"metadata": {}}, raw)
                 obj = validate_document(info, merge_patch(applied, {"metadata": fresh["metadata"]}),
                                         namespace=t.namespace)
+                obj.pop("status", None)
                 try:
                     return self._json(self._out(info, t, self.ctx.store.create(info, obj, dry_run=dry_run)), 201)
                 except errors.ApiError as err:
@@ -268,13 +305,40 @@ class ResourceAPI:
 
     async def _delete(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo) -> Response:
         raw = await request.body()
-        opts = _parse_body(raw, "application/json") if raw.strip() else {}
-        pre = (opts or {}).get("preconditions") or {}
-        dry_run = _flag_dry(request) or "All" in ((opts or {}).get("dryRun") or [])
-        obj, _removed = await run_in_threadpool(lambda: self.ctx.store.delete(
-            info, t.namespace, t.name, uid=pre.get("uid"), resource_version=pre.get("resourceVersion"),
-            dry_run=dry_run))
+        opts = _object(_parse_body(raw, "application/json") if raw.strip() else {}, "DeleteOptions")
+        pre = _object(opts.get("preconditions") or {}, "preconditions")
+        dry_run = _flag_dry(request) or "All" in (opts.get("dryRun") or [])
+        policy = request.query_params.get("propagationPolicy") or opts.get("propagationPolicy") or "Background"
+        if policy not in ("Background", "Foreground", "Orphan"):
+            raise errors.invalid("DeleteOptions", t.name, [errors.Cause(
+                "propagationPolicy", f"Unsupported value: {policy!r}: supported values: \"Background\", "
+                                     "\"Foreground\", \"Orphan\"", "FieldValueNotSupported")])
+
+        def delete() -> tuple[Obj, bool]:
+            if policy == "Orphan" and not dry_run:
+                self._orphan(info, t)
+            return self.ctx.store.delete(info, t.namespace, t.name, uid=pre.get("uid"),
+                                         resource_version=pre.get("resourceVersion"), dry_run=dry_run,
+                                         foreground=policy == "Foreground")
+        obj, _removed = await run_in_threadpool(delete)
         return self._json(self._out(info, t, obj))
+
+    def _orphan(self, info: KindInfo, t: paths.Target) -> None:
+        """Orphan propagation: dependents lose their reference to the owner, so the collector leaves them be."""
+        uid = self.ctx.store.get(info, t.namespace, t.name)["metadata"]["uid"]
+        for kind_key, namespace, name in self.ctx.store.dependents(uid):
+            def drop(obj: Obj) -> Obj:
+                refs = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+                if refs:
+                    obj["metadata"]["ownerReferences"] = refs
+                else:
+                    obj["metadata"].pop("ownerReferences", None)
+                return obj
+            try:
+                self.ctx.store.mutate(self.ctx.registry.by_key(kind_key), namespace or None, name, drop)
+            except errors.ApiError as err:
+                if err.code != 404:
+                    raise
 
     # ---- subresources -------------------------------------------------------------------------------
 
@@ -290,7 +354,7 @@ class ResourceAPI:
             if method == "PATCH":
                 return await self._patch(request, ident, t, info, subresource="status")
             doc = self._in(info, await self._body(request), t)
-            doc.setdefault("metadata", {}).setdefault("name", t.name)
+            self._check_name(doc, t)
             doc["metadata"]["namespace"] = t.namespace
             updated = await run_in_threadpool(self.ctx.store.update, info, doc, subresource="status")
             return self._json(self._out(info, t, updated))
@@ -305,8 +369,8 @@ class ResourceAPI:
     async def _token(self, request: Request, t: paths.Target) -> Response:
         """TokenRequest, as `kubectl create token` sends it."""
         raw = await request.body()
-        body = _parse_body(raw, "application/json") if raw.strip() else {}
-        spec = (body or {}).get("spec") or {}
+        body = _object(_parse_body(raw, "application/json") if raw.strip() else {}, "TokenRequest")
+        spec = _object(body.get("spec") or {}, "spec")
         ttl = spec.get("expirationSeconds")
         if ttl is not None and (not isinstance(ttl, int) or ttl < 600):
             raise errors.invalid("TokenRequest", t.name, [errors.Cause(
@@ -328,17 +392,19 @@ class ResourceAPI:
         reqs = parse_selector(request.query_params.get("labelSelector"))
         rv_param = request.query_params.get("resourceVersion", "")
         bookmarks = _flag(request, "allowWatchBookmarks")
-        timeout = float(request.query_params.get("timeoutSeconds") or 1800)
-        visible = self.ctx.authorizer.visible_namespaces(ident.user)
+        raw_timeout = request.query_params.get("timeoutSeconds") or "1800"
+        if not raw_timeout.isdigit():
+            raise errors.bad_request(f"timeoutSeconds must be a non-negative integer, not {raw_timeout!r}")
+        timeout = float(raw_timeout)
+        visible = self.ctx.authorizer.visible_namespaces(ident.user, info)
         initial: list[Obj] = []
         if rv_param in ("", "0"):
             # No version given: the current state first, as synthetic ADDED events, then changes.
             initial, start_rv = await self._visible_list(ident, t, info)
         else:
-            try:
-                start_rv = int(rv_param)
-            except ValueError as err:
-                raise errors.bad_request(f"invalid resourceVersion {rv_param!r}") from err
+            if not rv_param.isdigit() or int(rv_param) >= 2 ** 63:
+                raise errors.bad_request(f"invalid resourceVersion {rv_param!r}")
+            start_rv = int(rv_param)
             # Fail before streaming starts if the log no longer reaches back that far.
             await run_in_threadpool(self.ctx.store.changes_since, start_rv, kind_keys=[info.key], limit=1)
 
@@ -361,7 +427,7 @@ class ResourceAPI:
             wake = self.ctx.broadcaster.subscribe()
             try:
                 last_sent = time.monotonic()
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not self.ctx.stopping.is_set():
                     try:
                         changes = await run_in_threadpool(self.ctx.store.changes_since, last,
                                                           kind_keys=[info.key], limit=500)

@@ -20,7 +20,7 @@ from kaip.api import (
 from kaip.api.core import CLUSTER_ROLE_BINDING, NAMESPACE, NODE, POD
 from kaip.api.kinds import REGISTRY
 from kaip.api.validation import validate_document
-from kaip.controllers.garbage import GarbageCollector, deleted_uid, referenced_owner_uids
+from kaip.controllers.garbage import GarbageCollector, deleted_uid, foreground_uid, referenced_owner_uids
 from kaip.controllers.namespace import NamespaceReconciler
 from kaip.controllers.pod import PodReconciler
 from kaip.controlplane.events import SYSTEM_NAMESPACE, EventRecorder
@@ -117,9 +117,11 @@ class KaipServer:
         PlatformCollector(registry=self.metrics_registry)
         self.executor = LocalExecutor(home / "pods")
         self.authorizer = Authorizer(self.store)
+        stopping = threading.Event()
         self.ctx = ServerContext(store=self.store, registry=self.registry, authorizer=self.authorizer,
                                  broadcaster=Broadcaster(self.store), metrics=ApiMetrics(self.metrics_registry),
-                                 logs=LogStreamer(self.store, self.executor), bookmark_seconds=bookmark_seconds)
+                                 logs=LogStreamer(self.store, self.executor, stopping),
+                                 bookmark_seconds=bookmark_seconds, stopping=stopping)
         self.app = create_app(self.ctx)
         self.manager = Manager(self.store, registry=self.metrics_registry, resync_seconds=resync_seconds)
         self._add_controllers()
@@ -132,7 +134,8 @@ class KaipServer:
                                     for_kind=POD, workers=4))
         gc = GarbageCollector(self.store, self.registry)
         self.manager.add(Controller("garbage-collector", gc,
-                                    watches=[(None, deleted_uid), (None, referenced_owner_uids)],
+                                    watches=[(None, deleted_uid), (None, referenced_owner_uids),
+                                             (None, foreground_uid)],
                                     initial_keys=gc.orphaned_owners))
 
     # ---- bootstrap ----------------------------------------------------------------------------------
@@ -211,8 +214,9 @@ class KaipServer:
         self.start()
         log.info("Kaip %s serving on %s (home %s)", self.store.url.split("://")[0], url, self.home)
         try:
-            uvicorn.run(self.app, host=host, port=port, log_level="warning", access_log=False,
-                        timeout_graceful_shutdown=2)
+            config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
+                                    timeout_graceful_shutdown=5)
+            _uvicorn_server(config, self.ctx.stopping).run()
         finally:
             self.stop()
 
@@ -221,3 +225,15 @@ def _hash(token: str) -> str:
     from kaip.server.auth import hash_token
 
     return hash_token(token)
+
+
+def _uvicorn_server(config: Any, stopping: threading.Event) -> Any:
+    """uvicorn's server, telling open streams to end as soon as shutdown begins (instead of being cancelled)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stopping.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)

@@ -29,6 +29,7 @@ from kaip.api.validation import spec_of
 from kaip.store.tables import changes, counters, owner_refs, resources, tokens
 
 Obj = dict[str, Any]
+FOREGROUND = "foregroundDeletion"  # Kubernetes' finalizer for deletion that waits for the dependents
 
 
 def now_rfc3339() -> str:
@@ -220,6 +221,13 @@ class Store:
             rows = conn.execute(select(owner_refs.c.kind_key, owner_refs.c.namespace, owner_refs.c.name)
                                 .where(owner_refs.c.owner_uid == owner_uid)).all()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def locate_uid(self, uid: str) -> tuple[str, str, str] | None:
+        """(kind_key, namespace, name) of the object with this uid, if it exists."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(resources.c.kind_key, resources.c.namespace, resources.c.name)
+                               .where(resources.c.uid == uid)).first()
+        return (row[0], row[1], row[2]) if row else None
 
     def uid_exists(self, uid: str) -> bool:
         with self.engine.connect() as conn:
@@ -419,9 +427,11 @@ class Store:
         conn.execute(delete(owner_refs).where(owner_refs.c.dependent_uid == uid))
 
     def delete(self, info: KindInfo, namespace: str | None, name: str, *, uid: str | None = None,
-               resource_version: str | None = None, dry_run: bool = False) -> tuple[Obj, bool]:
+               resource_version: str | None = None, dry_run: bool = False,
+               foreground: bool = False) -> tuple[Obj, bool]:
         """Delete an object: gone at once without finalizers, else marked with deletionTimestamp until its
-        finalizers are removed. Returns (object, removed)."""
+        finalizers are removed. `foreground` adds the `foregroundDeletion` finalizer, so the object stays until
+        the garbage collector has deleted its dependents. Returns (object, removed)."""
         ns = _ns(info, namespace)
 
         def fn(conn: Connection) -> tuple[tuple[Obj, bool], int]:
@@ -431,6 +441,8 @@ class Store:
             smeta = stored["metadata"]
             if (uid and smeta["uid"] != uid) or (resource_version and smeta["resourceVersion"] != resource_version):
                 raise errors.conflict(info.kind, name, info.plural)
+            if foreground and not smeta.get("deletionTimestamp") and FOREGROUND not in (smeta.get("finalizers") or []):
+                smeta["finalizers"] = [*(smeta.get("finalizers") or []), FOREGROUND]
             if smeta.get("finalizers"):
                 if smeta.get("deletionTimestamp"):
                     return (stored, False), 0

@@ -55,6 +55,7 @@ def live_server(home: Path, *, database_url: str | None = None, bookmark_seconds
     try:
         yield LiveServer(url, token, kaip)
     finally:
+        kaip.ctx.stopping.set()
         server.should_exit = True
         thread.join(timeout=10)
         kaip.stop()
