@@ -68,3 +68,19 @@ def test_background_is_the_default_and_unknown_policies_are_refused(server: Live
         assert c.get(f"{CM}/bg-owner").status_code == 200  # a refused delete deletes nothing
         assert c.delete(f"{CM}/bg-owner").status_code == 200
         assert _gone(c, "bg-owner") and _gone(c, "bg-child")
+
+
+def test_a_replace_that_omits_finalizers_keeps_the_servers_own(server: LiveServer) -> None:
+    """A PUT without metadata.finalizers must not strip the pod finalizer (the process would be left running)."""
+    with server.client() as c:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "keep", "namespace": "default"},
+               "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "command": ["true"]}]}}
+        created = c.post("/api/v1/namespaces/default/pods", json=pod).json()
+        assert created["metadata"]["finalizers"] == ["kaip.dev/pod-process"]
+        pod["metadata"]["labels"] = {"x": "y"}
+        replaced = c.put("/api/v1/namespaces/default/pods/keep", json=pod)
+        assert replaced.status_code == 200, replaced.text
+        assert replaced.json()["metadata"]["finalizers"] == ["kaip.dev/pod-process"]
+        # Saying so explicitly still removes them, as Kubernetes allows.
+        pod["metadata"]["finalizers"] = []
+        assert "finalizers" not in c.put("/api/v1/namespaces/default/pods/keep", json=pod).json()["metadata"]

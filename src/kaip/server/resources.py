@@ -236,8 +236,11 @@ class ResourceAPI:
         return self._json(self._out(info, t, obj))
 
     async def _replace(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo) -> Response:
-        obj = self._validate(info, await self._body(request), t)
-        updated = await run_in_threadpool(self.ctx.store.update, info, obj, dry_run=_flag_dry(request))
+        body = await self._body(request)
+        declares_finalizers = isinstance(body, dict) and "finalizers" in (body.get("metadata") or {})
+        obj = self._validate(info, body, t)
+        updated = await run_in_threadpool(lambda: self.ctx.store.update(
+            info, obj, dry_run=_flag_dry(request), keep_finalizers=not declares_finalizers))
         return self._json(self._out(info, t, updated))
 
     async def _patch(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo,

@@ -106,6 +106,7 @@ class Store:
         # One server writes to a store (the server lock sees to it), and the database serialises writers on the
         # counter row anyway: queueing them here is cheaper than SQLite's busy retries or PostgreSQL's lock waits.
         self._write_lock = threading.Lock()
+        self._in_write = threading.local()
         self._listeners: list[Callable[[int, str], None]] = []
 
     # ---- notification -------------------------------------------------------------------------------
@@ -122,10 +123,17 @@ class Store:
 
     def _write(self, fn: Callable[[Connection], tuple[Any, int]], kind_key: str = "") -> Any:
         """Run `fn(conn)` in a write transaction; `fn` returns (result, rv) with rv 0 when nothing changed."""
+        if getattr(self._in_write, "active", False):
+            # The write lock is held by this very thread: waiting for it would hang forever.
+            raise RuntimeError("a store write was started inside another one (a mutate callback must not write)")
         with self._write_lock, self.engine.connect() as conn:
-            conn.execution_options(kaip_write=True)
-            with conn.begin():
-                result, rv = fn(conn)
+            self._in_write.active = True
+            try:
+                conn.execution_options(kaip_write=True)
+                with conn.begin():
+                    result, rv = fn(conn)
+            finally:
+                self._in_write.active = False
         if rv:
             self._notify(rv, kind_key)
         return result
@@ -318,17 +326,21 @@ class Store:
             raise errors.ApiError(403, "Forbidden", f'unable to create new content in namespace {namespace} '
                                                     "because it is being terminated")
 
-    def update(self, info: KindInfo, obj: Obj, *, subresource: str | None = None, dry_run: bool = False) -> Obj:
+    def update(self, info: KindInfo, obj: Obj, *, subresource: str | None = None, dry_run: bool = False,
+               keep_finalizers: bool = False) -> Obj:
         """Replace an object. A resourceVersion in the request must match the stored one (else 409).
+
+        `keep_finalizers` keeps the stored finalizers when the new object names none: a user's replace that does
+        not mention finalizers must not strip the ones the server added (a pod's process would be left running).
 
         The main resource keeps the stored status; the `status` subresource changes only status. When the
         object is being deleted and its last finalizer goes, it is removed for good.
         """
-        return self._write(lambda conn: self._update_in(conn, info, obj, subresource=subresource, dry_run=dry_run),
-                           info.key)
+        return self._write(lambda conn: self._update_in(conn, info, obj, subresource=subresource, dry_run=dry_run,
+                                                        keep_finalizers=keep_finalizers), info.key)
 
     def _update_in(self, conn: Connection, info: KindInfo, obj: Obj, *, subresource: str | None = None,
-                   dry_run: bool = False) -> tuple[Obj, int]:
+                   dry_run: bool = False, keep_finalizers: bool = False) -> tuple[Obj, int]:
         """`update` inside the caller's write transaction: returns (result, rv), rv 0 when nothing changed."""
         meta_in = obj["metadata"]
         namespace = _ns(info, meta_in.get("namespace"))
@@ -356,6 +368,8 @@ class Store:
                     nmeta.pop(key, None)
             if info.namespaced:
                 nmeta["namespace"] = namespace
+            if keep_finalizers and not nmeta.get("finalizers") and smeta.get("finalizers"):
+                nmeta["finalizers"] = list(smeta["finalizers"])
             if smeta.get("deletionTimestamp"):
                 # While deleting, finalizers may only be removed, never added (Kubernetes refuses it too).
                 added = [f for f in nmeta.get("finalizers") or [] if f not in (smeta.get("finalizers") or [])]
@@ -391,7 +405,7 @@ class Store:
                subresource: str | None = None) -> Obj:
         """Read-modify-write in one transaction, the row locked from read to commit: `fn` gets a copy of the
         current object and returns the new one, or None to leave it as it is. Concurrent mutations of one object
-        queue behind each other, so none is lost and none fails with a conflict. `fn` must not use the store."""
+        queue behind each other, so none is lost and none fails with a conflict. `fn` must not write to the store."""
         ns = _ns(info, namespace)
 
         def tx(conn: Connection) -> tuple[Obj, int]:
