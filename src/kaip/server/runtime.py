@@ -137,6 +137,8 @@ class KaipServer:
                                     watches=[(None, deleted_uid), (None, referenced_owner_uids),
                                              (None, foreground_uid)],
                                     initial_keys=gc.orphaned_owners))
+        from kaip.guardrails.install import install as install_guardrails  # detectors, orchestrator (issue 9)
+        self.guardrails = install_guardrails(self)
 
     # ---- bootstrap ----------------------------------------------------------------------------------
 

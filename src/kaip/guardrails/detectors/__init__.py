@@ -1,0 +1,1 @@
+"""Detectors: pure functions of text (and, for some, of a conversation) that return scored spans."""
