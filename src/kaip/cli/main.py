@@ -416,5 +416,10 @@ def main() -> None:
     app()
 
 
+from kaip.cli import tracking as _tracking  # noqa: E402  (experiments, runs, models, lineage)
+
+_tracking.register(app)
+
+
 if __name__ == "__main__":
     main()

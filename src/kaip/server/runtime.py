@@ -31,6 +31,7 @@ from kaip.server.auth import Authorizer
 from kaip.server.context import ApiMetrics, Broadcaster, ServerContext
 from kaip.server.logs import LogStreamer
 from kaip.store.store import Store
+from kaip.tracking.api import TrackingAPI
 
 log = logging.getLogger("kaip.server")
 
@@ -122,7 +123,7 @@ class KaipServer:
                                  broadcaster=Broadcaster(self.store), metrics=ApiMetrics(self.metrics_registry),
                                  logs=LogStreamer(self.store, self.executor, stopping),
                                  bookmark_seconds=bookmark_seconds, stopping=stopping)
-        self.app = create_app(self.ctx)
+        self.app = create_app(self.ctx, routers=[TrackingAPI(self.ctx, home / "artifacts").router])
         self.manager = Manager(self.store, registry=self.metrics_registry, resync_seconds=resync_seconds)
         self._add_controllers()
         self._stop = threading.Event()
