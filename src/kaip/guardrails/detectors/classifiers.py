@@ -41,9 +41,9 @@ class HapDetector(BaseDetector):
 
     @cached_property
     def _profanity(self) -> Any:
-        from profanity_check import predict_prob
+        from kaip.guardrails.detectors.profanity import ProfanityModel
 
-        return predict_prob
+        return ProfanityModel().probabilities
 
     @cached_property
     def _abuse(self) -> Any:
