@@ -420,6 +420,10 @@ from kaip.cli import tracking as _tracking  # noqa: E402  (experiments, runs, mo
 
 _tracking.register(app)
 
+from kaip.cli import serving as _serving  # noqa: E402  (`kaip rollout undo`, `kaip predictions`, issue 6)
+
+_serving.register(app)
+
 
 if __name__ == "__main__":
     main()

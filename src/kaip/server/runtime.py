@@ -138,6 +138,8 @@ class KaipServer:
                                     watches=[(None, deleted_uid), (None, referenced_owner_uids),
                                              (None, foreground_uid)],
                                     initial_keys=gc.orphaned_owners))
+        from kaip.serving.install import install as install_serving  # InferenceService, gateway at /serving (issue 6)
+        self.serving = install_serving(self)
         from kaip.guardrails.install import install as install_guardrails  # detectors, orchestrator (issue 9)
         self.guardrails = install_guardrails(self)
 
@@ -204,6 +206,7 @@ class KaipServer:
 
     def stop(self) -> None:
         self._stop.set()
+        self.serving.stop()
         self.manager.stop()
         self.executor.shutdown()
         self.store.close()

@@ -1,0 +1,309 @@
+"""The inference gateway, mounted on the Kaip server at `/serving/{namespace}/{name}/…`.
+
+Per request: authenticate (a Kaip token with a role in the namespace, unless the InferenceService is public),
+pick a revision by the traffic split, pick the replica with the fewest requests in flight that has room under
+containerConcurrency (waiting for room, or, during a cold start, for a replica to become ready: the activator),
+forward with httpx and stream the answer back chunk by chunk. A replica that dies before answering is marked
+unready and the request is retried on another. Metrics, the prediction log and CloudEvents are recorded on the
+way out.
+
+`GET /serving/-/predictions/{namespace}/{name}?since=1h` reads the prediction log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import httpx
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from kaip.api import errors
+from kaip.serving import cloudevents
+from kaip.serving.balancer import Endpoint, pick
+from kaip.serving.metrics import GatewayMetrics, protocol_of
+from kaip.serving.predictions import PredictionLog, parse_duration, payload, token_counts
+from kaip.serving.system import Route, ServingSystem
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"host",
+              b"authorization", b"content-length", b"proxy-authorization"}
+RESPONSE_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+LOG_CAPTURE_LIMIT = 1024 * 1024
+REVISION_HEADER = b"x-kaip-revision"  # which revision answered: lets clients and tests see the split
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _send_json(send: Send, status: int, doc: Any) -> None:
+    body = json.dumps(doc).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gateway:
+    def __init__(self, system: ServingSystem, authorizer: Any, metrics: GatewayMetrics, predictions: PredictionLog
+                 ) -> None:
+        self.system = system
+        self.authorizer = authorizer
+        self.metrics = metrics
+        self.predictions = predictions
+        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._freed: dict[tuple[str, str], asyncio.Event] = {}
+        self._turn = 0
+
+    def _client(self) -> httpx.AsyncClient:
+        loop_id = id(asyncio.get_running_loop())
+        client = self._clients.get(loop_id)
+        if client is None:
+            limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500, keepalive_expiry=30)
+            client = self._clients[loop_id] = httpx.AsyncClient(limits=limits, timeout=None, trust_env=False)
+        return client
+
+    # ---- ASGI ---------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        path = path.removeprefix("/serving")
+        parts = path.lstrip("/").split("/", 2)
+        try:
+            if parts[0] == "-" and len(parts) == 3 and parts[1] == "predictions":
+                await self._predictions(scope, send, parts[2])
+                return
+            if len(parts) < 2 or not parts[0] or not parts[1]:
+                raise GatewayError(404, "serving paths are /serving/{namespace}/{name}/...")
+            namespace, name = parts[0], parts[1]
+            rest = "/" + (parts[2] if len(parts) > 2 else "")
+            route = self.system.routes.get((namespace, name))
+            if route is None or not route.public:
+                await self._authorize(scope, namespace)
+            if route is None:
+                raise GatewayError(404, f"InferenceService {namespace}/{name} not found or not yet reconciled")
+            await self._proxy(scope, receive, send, route, rest)
+        except GatewayError as err:
+            await _send_json(send, err.status, {"error": str(err)})
+
+    async def _authorize(self, scope: Scope, namespace: str) -> str:
+        header = None
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                header = value.decode("latin-1")
+        try:
+            ident = self.authorizer.authenticate_cached(header) or \
+                await run_in_threadpool(self.authorizer.authenticate, header)
+        except errors.ApiError as err:
+            raise GatewayError(401, err.message) from err
+        if self.authorizer.rank(ident.user, namespace) < 1:
+            raise GatewayError(403, f'User "{ident.user}" has no role in the namespace "{namespace}"')
+        return str(ident.user)
+
+    async def _predictions(self, scope: Scope, send: Send, rest: str) -> None:
+        namespace, _, name = rest.partition("/")
+        await self._authorize(scope, namespace)
+        query = dict(q.split("=", 1) for q in scope.get("query_string", b"").decode().split("&") if "=" in q)
+        try:
+            since = parse_duration(query["since"]) if "since" in query else None
+            limit = int(query.get("limit", "1000"))
+        except ValueError as err:
+            raise GatewayError(400, f"invalid since or limit: {err}") from err
+        records = await run_in_threadpool(self.predictions.query, namespace, name, since_seconds=since, limit=limit)
+        await _send_json(send, 200, {"items": records})
+
+    # ---- proxying -----------------------------------------------------------------------------------------
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(499, "client disconnected")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _freed_event(self, key: tuple[str, str]) -> asyncio.Event:
+        ev = self._freed.get(key)
+        if ev is None:
+            ev = self._freed[key] = asyncio.Event()
+        return ev
+
+    async def _acquire(self, route: Route, revision: str, deadline: float, tried: frozenset[str]) -> Endpoint:
+        """A replica with room, waiting for one if need be (the activator path when none is ready)."""
+        key = (route.namespace, revision)
+        poked = False
+        while True:
+            eps = self.system.endpoints.get(key, [])
+            self._turn += 1
+            ep = pick(eps, route.concurrency, self._turn, tried)
+            if ep is None and tried and not any(e.ready and e.pod not in tried for e in eps):
+                ep = pick(eps, route.concurrency, self._turn)  # every replica was tried: any ready one will do
+            if ep is not None:
+                ep.inflight += 1
+                return ep
+            if not any(e.ready for e in eps) and not poked:
+                self.system.poke((route.namespace, route.name))  # cold start: let the controller scale up now
+                poked = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GatewayError(503 if not any(e.ready for e in eps) else 429,
+                                   f"no replica of {revision} became available within {route.timeout:.0f}s")
+            ev = self._freed_event(key)
+            try:
+                await asyncio.wait_for(ev.wait(), min(remaining, 0.02))
+            except TimeoutError:
+                pass
+
+    def _release(self, route: Route, ep: Endpoint) -> None:
+        ep.inflight = max(ep.inflight - 1, 0)
+        ev = self._freed.get((route.namespace, ep.revision))
+        if ev is not None:
+            ev.set()
+            ev.clear()
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route, rest: str) -> None:
+        started = time.monotonic()
+        body = await self._read_body(receive)
+        revision = route.picker.pick()
+        if revision is None:
+            raise GatewayError(503, f"InferenceService {route.namespace}/{route.name} has no revision to route to")
+        protocol = protocol_of(rest)
+        labels = (route.namespace, route.name, revision, protocol)
+        meter = self.system.meter(route.namespace, revision)
+        meter.start(started)
+        inflight = self.metrics.inflight.labels(*labels)
+        inflight.inc()
+        code = 502
+        captured: list[bytes] = []
+        req_headers = [(k, v) for k, v in scope.get("headers", []) if k not in HOP_BY_HOP]
+        request_id = next((v.decode() for k, v in req_headers if k in (b"x-request-id", b"ce-id")), None) \
+            or str(uuid.uuid4())
+        query = scope.get("query_string", b"").decode()
+        url_path = rest + (f"?{query}" if query else "")
+        try:
+            code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started, captured)
+        finally:
+            now = time.monotonic()
+            meter.end(now)
+            inflight.dec()
+            self.metrics.requests.labels(*labels, str(code)).inc()
+            self.metrics.latency.labels(*labels).observe(now - started)
+            if code >= 500:
+                self.metrics.errors.labels(*labels).inc()
+            if route.logger is not None:
+                self._log_prediction(route, revision, rest, body, scope, code, b"".join(captured), request_id,
+                                     now - started)
+
+    async def _forward(self, scope: Scope, send: Send, route: Route, revision: str, url_path: str, body: bytes,
+                       headers: list[tuple[bytes, bytes]], started: float, captured: list[bytes]) -> int:
+        deadline = started + route.timeout
+        tried: set[str] = set()
+        client = self._client()
+        for attempt in range(MAX_ATTEMPTS):
+            ep = await self._acquire(route, revision, deadline, frozenset(tried))
+            try:
+                remaining = max(deadline - time.monotonic(), 0.001)
+                request = client.build_request(scope["method"], ep.url + url_path, content=body, headers=headers,
+                                               timeout=httpx.Timeout(remaining, connect=min(remaining, 2.0)))
+                try:
+                    response = await client.send(request, stream=True)
+                except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+                    # The replica died (or is restarting) before answering: nothing was sent to the client yet.
+                    ep.ready = False
+                    tried.add(ep.pod)
+                    self.metrics.retries.labels(route.namespace, route.name, revision).inc()
+                    log.info("retrying %s on another replica of %s (attempt %d): %r", url_path, revision,
+                             attempt + 1, err)
+                    continue
+                except httpx.TimeoutException as err:
+                    raise GatewayError(504, f"the model did not answer within {route.timeout:.0f}s "
+                                            "(spec.predictor.timeout)") from err
+                try:
+                    await self._stream(send, response, captured if route.logger is not None else None, revision)
+                finally:
+                    await response.aclose()
+                return response.status_code
+            finally:
+                self._release(route, ep)
+        raise GatewayError(502, f"no replica of {revision} answered after {MAX_ATTEMPTS} attempts")
+
+    @staticmethod
+    async def _stream(send: Send, response: httpx.Response, captured: list[bytes] | None, revision: str) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
+                   if k.lower() not in RESPONSE_HOP]
+        headers.append((REVISION_HEADER, revision.encode()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        size = 0
+        try:
+            async for chunk in response.aiter_raw():
+                if captured is not None and size < LOG_CAPTURE_LIMIT:
+                    captured.append(chunk)
+                    size += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as err:
+            log.warning("upstream stream broke: %r", err)
+        await send({"type": "http.response.body", "body": b""})
+
+    # ---- inference logger ---------------------------------------------------------------------------------
+
+    def _log_prediction(self, route: Route, revision: str, path: str, body: bytes, scope: Scope, code: int,
+                        response: bytes, request_id: str, seconds: float) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        ctype = headers.get("content-type", "application/json")
+        logger = route.logger or {}
+        request_doc = payload(body, ctype)
+        response_doc = payload(response, "application/json") if response else None
+        prompt, completion = token_counts(response_doc, response)
+        record = {"id": request_id, "timestamp": time.time(),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "namespace": route.namespace, "inferenceservice": route.name, "revision": revision,
+                  "modelVersion": route.annotations.get("serving.kaip.dev/model-version"),
+                  "path": path, "status": code, "latencyMs": round(seconds * 1000, 3),
+                  "promptTokens": prompt, "completionTokens": completion}
+        mode = logger.get("mode") or "all"
+        if mode in ("all", "request"):
+            record["request"] = request_doc
+        if mode in ("all", "response"):
+            record["response"] = response_doc
+        try:
+            self.predictions.append(route.namespace, route.name, record)
+        except OSError as err:
+            log.warning("prediction log write failed: %s", err)
+        if logger.get("url"):
+            meta = {h: [headers[h.lower()]] for h in logger.get("metadataHeaders") or [] if h.lower() in headers}
+            annotations = {a: route.annotations[a] for a in logger.get("metadataAnnotations") or []
+                           if a in route.annotations}
+            events = []
+            for kind in cloudevents.events_for(logger):
+                if kind == "response" and code != 200:
+                    continue  # KServe logs responses only when the upstream answered 200
+                ce = cloudevents.headers(event_id=request_id, kind=kind, source=f"kaip://gateway/{revision}",
+                                         namespace=route.namespace, name=route.name, component="predictor",
+                                         endpoint="", content_type=ctype if kind == "request" else "application/json",
+                                         metadata=meta or None, annotations=annotations or None)
+                events.append((ce, body if kind == "request" else response))
+            asyncio.get_running_loop().create_task(self._post_events(logger["url"], events))
+
+    async def _post_events(self, url: str, events: list[tuple[dict[str, str], bytes]]) -> None:
+        client = self._client()
+        for headers, content in events:
+            try:
+                await client.post(url, content=content, headers=headers, timeout=5.0)
+            except httpx.HTTPError as err:
+                log.warning("inference logger: POST to %s failed: %r", url, err)

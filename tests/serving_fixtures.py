@@ -1,0 +1,148 @@
+"""Fixtures and helpers for the serving tests: a live server shared by a test module, tiny models built
+in-process, and InferenceService helpers that wait on status the way a user would."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kaip.testing.live import LiveServer, live_server
+
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition"
+             ) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def isvc_doc(name: str, predictor: dict[str, Any], *, annotations: dict[str, str] | None = None,
+             namespace: str = "default") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": meta,
+            "spec": {"predictor": predictor}}
+
+
+def apply_isvc(client: httpx.Client, doc: dict[str, Any]) -> dict[str, Any]:
+    ns = doc["metadata"].get("namespace", "default")
+    path = ISVC_PATH.format(ns=ns)
+    existing = client.get(f"{path}/{doc['metadata']['name']}")
+    if existing.status_code == 200:
+        rv = existing.json()["metadata"]["resourceVersion"]
+        doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion": rv}}
+        resp = client.put(f"{path}/{doc['metadata']['name']}", json=doc)
+    else:
+        resp = client.post(path, json=doc)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+def get_isvc(client: httpx.Client, name: str, namespace: str = "default") -> dict[str, Any]:
+    resp = client.get(f"{ISVC_PATH.format(ns=namespace)}/{name}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def condition(isvc: dict[str, Any], type_: str) -> dict[str, Any]:
+    for c in (isvc.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return {}
+
+
+def wait_ready(client: httpx.Client, name: str, timeout: float = 60.0, namespace: str = "default") -> dict[str, Any]:
+    return wait_for(lambda: (lambda o: o if condition(o, "Ready").get("status") == "True" else None)(
+        get_isvc(client, name, namespace)), timeout, what=f"InferenceService {name} Ready")
+
+
+def replica_pods(client: httpx.Client, name: str, namespace: str = "default", revision: str | None = None
+                 ) -> list[dict[str, Any]]:
+    selector = f"serving.kserve.io/inferenceservice={name}"
+    if revision:
+        selector += f",serving.knative.dev/revision={revision}"
+    resp = client.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["items"]
+
+
+def delete_all(client: httpx.Client, namespace: str = "default", timeout: float = 30.0) -> None:
+    """Delete every InferenceService and wait until their replica processes are gone."""
+    items = client.get(ISVC_PATH.format(ns=namespace)).json()["items"]
+    for item in items:
+        client.delete(f"{ISVC_PATH.format(ns=namespace)}/{item['metadata']['name']}")
+    wait_for(lambda: not client.get(f"/api/v1/namespaces/{namespace}/pods",
+                                    params={"labelSelector": "serving.kserve.io/inferenceservice"}).json()["items"],
+             timeout, what="replica pods to be gone")
+
+
+@pytest.fixture(scope="module")
+def serving_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One live server for a whole test module; every InferenceService is deleted (and its processes stopped)
+    before it shuts down."""
+    home = tmp_path_factory.mktemp("serving") / "home"
+    with live_server(home, bookmark_seconds=0.5) as live:
+        try:
+            yield live
+        finally:
+            with live.client() as client:
+                delete_all(client)
+
+
+def build_iris_model(folder: Path) -> Path:
+    """A small logistic regression on iris (scikit-learn ships the data set), saved with joblib."""
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=300).fit(x, y)
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, folder / "model.joblib")
+    return folder
+
+
+TEXT = ("Kaip serves models the way KServe does. A patient asks the nurse about the clinic hours. "
+        "The clinic opens at nine and closes at five. Models are served by runtimes behind a gateway. ") * 20
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def build_tiny_llm(folder: Path) -> Path:
+    """A randomly initialised two-layer Llama with a byte-level BPE tokenizer trained on TEXT."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
