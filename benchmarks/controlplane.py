@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 
-from kaip.testing.live import free_port
 from kaip.testing.postgres import temporary_postgres
+from kaip.testing.process import kaip_server_process
 
 TARGET_WRITE_P99 = 0.025
 TARGET_WATCH_P99 = 0.050
@@ -39,38 +32,6 @@ K8S_SLO_P99 = 1.0
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-@contextlib.contextmanager
-def kaip_server(database_url: str | None) -> Iterator[tuple[str, str]]:
-    home = Path(tempfile.mkdtemp(prefix="kaip-bench-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIP_")}
-    env["KAIP_LOG_LEVEL"] = "WARNING"
-    cmd = [sys.executable, "-m", "kaip.cli.main", "up", "--port", str(port), "--home", str(home)]
-    if database_url:
-        cmd += ["--database-url", database_url]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
-            time.sleep(0.1)
-        token = json.loads((home / "credentials").read_text())["token"]
-        yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def configmap(name: str, value: str) -> dict[str, object]:
@@ -180,10 +141,10 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for backend in args.backends.split(","):
         if backend == "sqlite":
-            with kaip_server(None) as (url, token):
+            with kaip_server_process() as (url, token):
                 results[backend] = asyncio.run(run_backend(url, token, args))
         else:
-            with temporary_postgres() as db, kaip_server(db) as (url, token):
+            with temporary_postgres() as db, kaip_server_process(db) as (url, token):
                 results[backend] = asyncio.run(run_backend(url, token, args))
 
     print(f"\nControl plane: {args.objects} creates by {args.clients} clients, list, watch at {args.rate:.0f} writes/s "

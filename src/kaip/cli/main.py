@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -411,18 +412,18 @@ def version() -> None:
         err.print(f"Server Version: unavailable ({e.__class__.__name__})", markup=False)
 
 
+# Commands of the subsystems beside the core: each module's `register(app)` adds its commands.
+CLI_MODULES = (
+    "kaip.cli.tracking",  # experiments, runs, models, lineage (issue 3)
+    "kaip.cli.queues",  # top queues, report usage (issue 4)
+    "kaip.cli.serving",  # rollout undo, predictions, prometheus-config (issue 6)
+)
+for _module in CLI_MODULES:
+    importlib.import_module(_module).register(app)
+
 
 def main() -> None:
     app()
-
-
-from kaip.cli import tracking as _tracking  # noqa: E402  (experiments, runs, models, lineage)
-
-_tracking.register(app)
-
-from kaip.cli import serving as _serving  # noqa: E402  (`kaip rollout undo`, `kaip predictions`, issue 6)
-
-_serving.register(app)
 
 
 if __name__ == "__main__":

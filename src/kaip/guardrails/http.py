@@ -255,6 +255,10 @@ class ServingShim:
         orchestrator_routes(router, "/{namespace}/{name}", resolve, guarded_openai=True)
         self.app.include_router(router)
 
+    async def _known(self, namespace: str, name: str) -> bool:
+        cached = self.service.known_cached(namespace, name)
+        return cached if cached is not None else await run_in_threadpool(self.service.known, namespace, name)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
@@ -263,7 +267,7 @@ class ServingShim:
                 path = path[len(root):]
             parts = path.removeprefix("/serving").lstrip("/").split("/", 2)
             if len(parts) == 3 and any(("/" + parts[2]).startswith(p) for p in self.PATHS) and \
-                    await run_in_threadpool(self.service.known, parts[0], parts[1]):
+                    await self._known(parts[0], parts[1]):
                 await self.app(scope, receive, send)
                 return
         if self.inner is None:

@@ -31,6 +31,9 @@ class GuardrailsService:
         self.serving_routes = False  # set when the /serving/NS/NAME routes are mounted
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[tuple[str, str], ParsedConfig]] = {}
+        # Which (namespace, name) are orchestrators, asked on the serving hot path: cached until one changes.
+        self._known: dict[tuple[str, str], bool] = {}
+        store.add_listener(self._on_change)
 
     def record(self, detector: str, direction: str, action: str, count: int) -> None:
         self.detections.labels(detector, direction, action).inc(count)
@@ -87,8 +90,20 @@ class GuardrailsService:
             backend = backend.with_headers(passed)
         return Orchestrator(replace(parsed.config, backend=backend), self.record)
 
+    def _on_change(self, _rv: int, kind_key: str) -> None:
+        if kind_key == GUARDRAILS_ORCHESTRATOR.key:
+            with self._lock:
+                self._known.clear()
+
+    def known_cached(self, namespace: str, name: str) -> bool | None:
+        with self._lock:
+            return self._known.get((namespace, name))
+
     def known(self, namespace: str, name: str) -> bool:
-        return self.store.try_get(GUARDRAILS_ORCHESTRATOR, namespace, name) is not None
+        found = self.store.try_get(GUARDRAILS_ORCHESTRATOR, namespace, name) is not None
+        with self._lock:
+            self._known[(namespace, name)] = found
+        return found
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:

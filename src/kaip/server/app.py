@@ -118,7 +118,39 @@ def create_app(ctx: ServerContext, routers: Sequence[APIRouter] = ()) -> FastAPI
     app.openapi = openapi  # type: ignore[method-assign]
     for router in routers:
         app.include_router(router)
-    app.include_router(discovery_router(ctx))
-    app.include_router(ResourceAPI(ctx).router)
     app.add_middleware(BodyLimit)
     return app
+
+
+def add_resource_api(app: FastAPI, ctx: ServerContext) -> None:
+    """Discovery and the resource API. Added after every subsystem's routes: the catch-all paths
+    `/api/{version}/...` and `/apis/{group}/{version}/...` would otherwise answer for them."""
+    app.include_router(discovery_router(ctx))
+    app.include_router(ResourceAPI(ctx).router)
+
+
+class FastPaths:
+    """Hands requests under a mounted prefix (the inference gateway at `/serving`) straight to the mounted app,
+    past FastAPI's middleware and route matching, which cost the gateway's hot path more than the proxying itself.
+    The body limit still applies."""
+
+    def __init__(self, app: ASGIApp, prefixes: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.prefixes = [(prefix, BodyLimit(target)) for prefix, target in prefixes.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            for prefix, target in self.prefixes:
+                if path.startswith(prefix + "/"):
+                    await target({**scope, "root_path": scope.get("root_path", "") + prefix}, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def fast_paths(app: FastAPI, prefixes: tuple[str, ...] = ("/serving",)) -> ASGIApp:
+    from starlette.routing import Mount
+
+    mounts = {r.path: r.app for r in app.router.routes if isinstance(r, Mount) and r.path in prefixes}
+    return FastPaths(app, mounts) if mounts else app
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib
 import logging
 import os
 import threading
@@ -26,14 +27,23 @@ from kaip.controllers.pod import PodReconciler
 from kaip.controlplane.events import SYSTEM_NAMESPACE, EventRecorder
 from kaip.controlplane.manager import Controller, Manager
 from kaip.executor.local import LocalExecutor
-from kaip.server.app import create_app
+from kaip.server.app import add_resource_api, create_app
 from kaip.server.auth import Authorizer
 from kaip.server.context import ApiMetrics, Broadcaster, ServerContext
 from kaip.server.logs import LogStreamer
 from kaip.store.store import Store
-from kaip.tracking.api import TrackingAPI
 
 log = logging.getLogger("kaip.server")
+
+# Subsystems beside the core, in install order: each module's `install(server)` adds its controllers, routes and
+# metrics and returns a handle (kept as `server.<attribute>`; its `stop()`, if any, runs when the server stops).
+# Order matters where one builds on another: guardrails wrap the serving gateway's `/serving` mount.
+SUBSYSTEMS: tuple[tuple[str, str], ...] = (
+    ("tracking", "kaip.tracking.install"),  # experiments, runs, registry, lineage; MLflow REST (issue 3)
+    ("queue_scheduler", "kaip.controllers.kueue"),  # batch Jobs and Kueue's queues (issue 4)
+    ("serving", "kaip.serving.install"),  # InferenceService, runtimes, the gateway at /serving (issue 6)
+    ("guardrails", "kaip.guardrails.install"),  # detectors and the orchestrator (issue 9)
+)
 
 ADMIN_USER = "admin"
 NODE_NAME = "localhost"
@@ -123,9 +133,14 @@ class KaipServer:
                                  broadcaster=Broadcaster(self.store), metrics=ApiMetrics(self.metrics_registry),
                                  logs=LogStreamer(self.store, self.executor, stopping),
                                  bookmark_seconds=bookmark_seconds, stopping=stopping)
-        self.app = create_app(self.ctx, routers=[TrackingAPI(self.ctx, home / "artifacts").router])
+        self.app = create_app(self.ctx)
         self.manager = Manager(self.store, registry=self.metrics_registry, resync_seconds=resync_seconds)
         self._add_controllers()
+        self.subsystems: dict[str, Any] = {}
+        for attribute, module in SUBSYSTEMS:
+            self.subsystems[attribute] = importlib.import_module(module).install(self)
+            setattr(self, attribute, self.subsystems[attribute])
+        add_resource_api(self.app, self.ctx)  # last: its catch-all routes must not shadow the subsystems' routes
         self._stop = threading.Event()
 
     def _add_controllers(self) -> None:
@@ -138,10 +153,6 @@ class KaipServer:
                                     watches=[(None, deleted_uid), (None, referenced_owner_uids),
                                              (None, foreground_uid)],
                                     initial_keys=gc.orphaned_owners))
-        from kaip.serving.install import install as install_serving  # InferenceService, gateway at /serving (issue 6)
-        self.serving = install_serving(self)
-        from kaip.guardrails.install import install as install_guardrails  # detectors, orchestrator (issue 9)
-        self.guardrails = install_guardrails(self)
 
     # ---- bootstrap ----------------------------------------------------------------------------------
 
@@ -192,6 +203,15 @@ class KaipServer:
 
     # ---- running ------------------------------------------------------------------------------------
 
+    @property
+    def asgi(self) -> Any:
+        """What the HTTP server runs: the application, with the gateway's prefix dispatched directly."""
+        from kaip.server.app import fast_paths
+
+        if getattr(self, "_asgi", None) is None:
+            self._asgi = fast_paths(self.app)
+        return self._asgi
+
     def start(self) -> None:
         self.manager.start()
         threading.Thread(target=self._compactor, name="compactor", daemon=True).start()
@@ -206,7 +226,10 @@ class KaipServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.serving.stop()
+        for handle in reversed(list(self.subsystems.values())):
+            stop = getattr(handle, "stop", None)
+            if callable(stop):
+                stop()
         self.manager.stop()
         self.executor.shutdown()
         self.store.close()
@@ -220,7 +243,7 @@ class KaipServer:
         self.start()
         log.info("Kaip %s serving on %s (home %s)", self.store.url.split("://")[0], url, self.home)
         try:
-            config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
+            config = uvicorn.Config(self.asgi, host=host, port=port, log_level="warning", access_log=False,
                                     timeout_graceful_shutdown=5)
             _uvicorn_server(config, self.ctx.stopping).run()
         finally:

@@ -1,0 +1,71 @@
+"""Wiring of the queueing controllers (Kueue's semantics) into a server's controller manager."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kaip.api import batch, kueue  # noqa: F401  (registers the kinds)
+from kaip.api.batch import JOB
+from kaip.api.core import NAMESPACE, POD
+from kaip.api.kueue import (
+    CLUSTER_QUEUE,
+    COHORT,
+    LOCAL_QUEUE,
+    RESOURCE_FLAVOR,
+    WORKLOAD,
+)
+from kaip.controllers.job import JobReconciler
+from kaip.controllers.queue_metrics import QueueMetrics
+from kaip.controllers.queue_status import (
+    ClusterQueueReconciler,
+    LocalQueueReconciler,
+    all_cluster_queues,
+    local_queues_of,
+    workload_cluster_queue,
+    workload_local_queue,
+)
+from kaip.controllers.queueing import CYCLE_KEY, QueueSchedulerReconciler, cycle_key
+from kaip.controllers.workload import WorkloadReconciler, workloads_of_cluster_queue, workloads_of_local_queue
+from kaip.controlplane.events import EventRecorder
+from kaip.controlplane.manager import Controller, owner_keys
+from kaip.executor.node import NodeCapacity, detect
+from kaip.jobs.framework import JobFramework
+
+if TYPE_CHECKING:
+    from kaip.server.runtime import KaipServer
+
+
+def node_capacity(node: NodeCapacity) -> dict[str, int]:
+    """The machine as quota, in milli-units: what the scheduler treats as a hard limit on top of quotas."""
+    out = {"cpu": node.cpu * 1000, "memory": node.memory_bytes * 1000}
+    if node.gpus:
+        out["nvidia.com/gpu"] = node.gpus * 1000
+    return out
+
+
+def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
+    store, manager = server.store, server.manager
+    metrics = QueueMetrics(server.metrics_registry)
+    recorder = EventRecorder(store, "kueue-admission")
+    scheduler = QueueSchedulerReconciler(store, recorder, metrics, node_capacity(detect()))
+    manager.add(Controller("kueue-scheduler", scheduler, workers=1, initial_keys=lambda: [CYCLE_KEY], watches=[
+        (WORKLOAD.key, cycle_key), (CLUSTER_QUEUE.key, cycle_key), (LOCAL_QUEUE.key, cycle_key),
+        (COHORT.key, cycle_key), (RESOURCE_FLAVOR.key, cycle_key), (NAMESPACE.key, cycle_key)]))
+    manager.add(Controller("kueue-workload", WorkloadReconciler(store, recorder, metrics), for_kind=WORKLOAD,
+                           watches=[(CLUSTER_QUEUE.key, workloads_of_cluster_queue(store)),
+                                    (LOCAL_QUEUE.key, workloads_of_local_queue(store))]))
+    manager.add(Controller("kueue-clusterqueue", ClusterQueueReconciler(store, metrics), for_kind=CLUSTER_QUEUE,
+                           workers=1, watches=[(WORKLOAD.key, workload_cluster_queue(store)),
+                                               (RESOURCE_FLAVOR.key, all_cluster_queues(store)),
+                                               (LOCAL_QUEUE.key, all_cluster_queues(store))]))
+    manager.add(Controller("kueue-localqueue", LocalQueueReconciler(store), for_kind=LOCAL_QUEUE, workers=1,
+                           watches=[(WORKLOAD.key, workload_local_queue),
+                                    (CLUSTER_QUEUE.key, local_queues_of(store))]))
+    framework = JobFramework(store, EventRecorder(store, "kueue-job"))
+    manager.add(Controller("job", JobReconciler(store, EventRecorder(store, "job-controller"), framework),
+                           for_kind=JOB, workers=2,
+                           watches=[(POD.key, owner_keys(JOB)), (WORKLOAD.key, owner_keys(JOB))]))
+    return scheduler
+
+
+install = add_queue_controllers  # the name every subsystem module offers to KaipServer

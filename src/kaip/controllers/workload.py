@@ -1,0 +1,110 @@
+"""Workload reconciler: evictions that are not preemptions, and the end of an eviction for bare Workloads.
+
+- `spec.active: false` evicts an admitted workload (reason Deactivated); it is not requeued.
+- `maximumExecutionTimeSeconds` exceeded deactivates it (Kueue's MaximumExecutionTimeExceeded).
+- A ClusterQueue or LocalQueue with `stopPolicy: HoldAndDrain` evicts its admitted workloads
+  (ClusterQueueStopped / LocalQueueStopped).
+- A Workload that no job owns has no pods to stop: once evicted it gives its quota back at once.
+  Workloads owned by a job are released by the job framework, after the job's pods are gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kaip.api import errors
+from kaip.api.kueue import CLUSTER_QUEUE, LOCAL_QUEUE, WORKLOAD
+from kaip.controllers.queue_metrics import ROLE, QueueMetrics
+from kaip.controlplane.conditions import get_condition
+from kaip.controlplane.events import EventRecorder
+from kaip.controlplane.manager import Result
+from kaip.jobs import workload as wls
+from kaip.scheduling.snapshot import parse_time
+from kaip.store.store import Change, Store
+
+
+def workloads_of_cluster_queue(store: Store) -> Any:
+    def mapper(change: Change) -> Iterable[tuple[str, str]]:
+        name = change.name
+        for wl in store.list(WORKLOAD)[0]:
+            if ((wl.get("status") or {}).get("admission") or {}).get("clusterQueue") == name:
+                yield (wl["metadata"]["namespace"], wl["metadata"]["name"])
+    return mapper
+
+
+def workloads_of_local_queue(store: Store) -> Any:
+    def mapper(change: Change) -> Iterable[tuple[str, str]]:
+        for wl in store.list(WORKLOAD, change.namespace)[0]:
+            if wl["spec"].get("queueName") == change.name:
+                yield (wl["metadata"]["namespace"], wl["metadata"]["name"])
+    return mapper
+
+
+class WorkloadReconciler:
+    def __init__(self, store: Store, recorder: EventRecorder, metrics: QueueMetrics) -> None:
+        self.store = store
+        self.recorder = recorder
+        self.metrics = metrics
+
+    def reconcile(self, key: tuple[str, str]) -> Result | None:
+        namespace, name = key
+        wl = self.store.try_get(WORKLOAD, namespace, name)
+        if wl is None or wls.is_finished(wl) or not wls.has_quota_reservation(wl):
+            return None
+        if wls.is_evicted(wl):
+            owned = any(r.get("controller") for r in wl["metadata"].get("ownerReferences") or [])
+            if not owned:
+                requeue = bool(wl["spec"].get("active", True))
+                self._status(wl, lambda s: wls.unset_quota_reservation(s, requeue=requeue))
+            return None
+        spec = wl["spec"]
+        cq_name = wl["status"]["admission"]["clusterQueue"]
+        if not spec.get("active", True):
+            self._evict(wl, wls.EVICTED_DEACTIVATED, "The workload is deactivated")
+            return None
+        limit = spec.get("maximumExecutionTimeSeconds")
+        if limit:
+            reserved = get_condition(wl["status"], wls.QUOTA_RESERVED) or {}
+            ran = int(wl["status"].get("accumulatedPastExecutionTimeSeconds", 0)) + \
+                time.time() - parse_time(reserved.get("lastTransitionTime"))
+            if ran >= limit:
+                self._deactivate(wl)
+                self._evict(wl, wls.EVICTED_DEACTIVATED,
+                            "The workload exceeded its maximum execution time (MaximumExecutionTimeExceeded)")
+                return None
+        cq = self.store.try_get(CLUSTER_QUEUE, None, cq_name)
+        if cq is not None and cq["spec"].get("stopPolicy") == "HoldAndDrain":
+            self._evict(wl, wls.EVICTED_CLUSTER_QUEUE_STOPPED, "The ClusterQueue is stopped")
+            return None
+        lq = self.store.try_get(LOCAL_QUEUE, namespace, spec.get("queueName") or "")
+        if lq is not None and lq["spec"].get("stopPolicy") == "HoldAndDrain":
+            self._evict(wl, wls.EVICTED_LOCAL_QUEUE_STOPPED, "The LocalQueue is stopped")
+            return None
+        if limit:
+            return Result(requeue_after=max(0.5, limit - ran))
+        return None
+
+    def _deactivate(self, wl: dict[str, Any]) -> None:
+        def apply(obj: dict[str, Any]) -> dict[str, Any]:
+            obj["spec"]["active"] = False
+            return obj
+        meta = wl["metadata"]
+        self.store.mutate(WORKLOAD, meta["namespace"], meta["name"], apply)
+
+    def _evict(self, wl: dict[str, Any], reason: str, message: str) -> None:
+        written = self._status(wl, lambda s: wls.set_evicted(s, reason, message))
+        if written is not None:
+            cq = wl["status"]["admission"]["clusterQueue"]
+            self.metrics.evicted_total.labels(cq, reason, "", ROLE).inc()
+            self.recorder.record(written, "Normal", "Evicted", message)
+
+    def _status(self, wl: dict[str, Any], fn: Any) -> dict[str, Any] | None:
+        meta = wl["metadata"]
+        try:
+            return self.store.update_status(WORKLOAD, meta["namespace"], meta["name"], lambda s, _o: fn(s))
+        except errors.ApiError as err:
+            if err.code == 404:
+                return None
+            raise

@@ -1,0 +1,1 @@
+"""Workload kinds and how they plug into queues (the job framework)."""

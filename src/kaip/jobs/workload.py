@@ -1,0 +1,94 @@
+"""A Workload's status transitions, with upstream's condition types and reasons (kueue workload_types.go).
+
+Functions edit a `status` dict in place, so that a controller can apply several in one status write.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kaip.controlplane.conditions import get_condition, is_true, set_condition
+from kaip.scheduling.snapshot import parse_time
+
+QUOTA_RESERVED = "QuotaReserved"
+ADMITTED = "Admitted"
+EVICTED = "Evicted"
+PREEMPTED = "Preempted"
+REQUEUED = "Requeued"
+FINISHED = "Finished"
+
+# Evicted reasons
+EVICTED_BY_PREEMPTION = "Preempted"
+EVICTED_CLUSTER_QUEUE_STOPPED = "ClusterQueueStopped"
+EVICTED_LOCAL_QUEUE_STOPPED = "LocalQueueStopped"
+EVICTED_DEACTIVATED = "Deactivated"
+
+
+def is_finished(wl: dict[str, Any]) -> bool:
+    return is_true(wl.get("status"), FINISHED)
+
+
+def is_admitted(wl: dict[str, Any]) -> bool:
+    return is_true(wl.get("status"), ADMITTED)
+
+
+def is_evicted(wl: dict[str, Any]) -> bool:
+    return is_true(wl.get("status"), EVICTED)
+
+
+def has_quota_reservation(wl: dict[str, Any]) -> bool:
+    status = wl.get("status") or {}
+    return bool(status.get("admission")) and is_true(status, QUOTA_RESERVED)
+
+
+def set_pending(status: dict[str, Any], message: str, reason: str = "Pending") -> bool:
+    changed = set_condition(status, QUOTA_RESERVED, False, reason, message)
+    return set_condition(status, ADMITTED, False, "NoReservation", "The workload has no reservation") or changed
+
+
+def set_admitted(status: dict[str, Any], admission: dict[str, Any]) -> None:
+    status["admission"] = admission
+    cq = admission["clusterQueue"]
+    set_condition(status, QUOTA_RESERVED, True, "QuotaReserved", f"Quota reserved in ClusterQueue {cq}")
+    set_condition(status, ADMITTED, True, "Admitted", "The workload is admitted")
+    status["conditions"] = [c for c in status.get("conditions") or [] if c["type"] not in (EVICTED, PREEMPTED)]
+
+
+def set_evicted(status: dict[str, Any], reason: str, message: str, *, preemption_reason: str | None = None) -> None:
+    set_condition(status, EVICTED, True, reason, message)
+    if preemption_reason:
+        set_condition(status, PREEMPTED, True, preemption_reason, message)
+    set_condition(status, REQUEUED, False, reason, message)
+    stats = status.setdefault("schedulingStats", {}).setdefault("evictions", [])
+    for item in stats:
+        if item.get("reason") == reason and item.get("underlyingCause", "") == (preemption_reason or ""):
+            item["count"] = int(item.get("count", 0)) + 1
+            break
+    else:
+        stats.append({"reason": reason, "underlyingCause": preemption_reason or "", "count": 1})
+
+
+def unset_quota_reservation(status: dict[str, Any], *, requeue: bool, now: float | None = None) -> None:
+    """The evicted workload's pods are gone: it gives its quota back and, unless deactivated, queues again."""
+    now = time.time() if now is None else now
+    reserved = get_condition(status, QUOTA_RESERVED)
+    if reserved and reserved.get("status") == "True":
+        ran = max(0, int(now - parse_time(reserved.get("lastTransitionTime"))))
+        status["accumulatedPastExecutionTimeSeconds"] = int(status.get("accumulatedPastExecutionTimeSeconds", 0)) + ran
+    evicted = get_condition(status, EVICTED) or {}
+    reason = evicted.get("reason", "Pending")
+    status.pop("admission", None)
+    set_pending(status, f"The workload was evicted ({reason}) and is pending again" if requeue else
+                f"The workload is deactivated ({reason})", reason="Pending" if requeue else "Inadmissible")
+    if requeue:
+        set_condition(status, REQUEUED, True, reason, "The workload was requeued after its eviction")
+
+
+def set_finished(status: dict[str, Any], succeeded: bool, message: str) -> bool:
+    return set_condition(status, FINISHED, True, "Succeeded" if succeeded else "Failed", message)
+
+
+def get_condition_message(wl: dict[str, Any], type_: str) -> str:
+    cond = get_condition(wl.get("status"), type_) or {}
+    return str(cond.get("message") or cond.get("reason") or "")

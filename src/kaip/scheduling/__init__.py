@@ -1,0 +1,1 @@
+"""Queue semantics (Kueue): quotas, flavors, cohorts, borrowing, preemption. Pure: no I/O."""
