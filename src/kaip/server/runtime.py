@@ -43,6 +43,7 @@ SUBSYSTEMS: tuple[tuple[str, str], ...] = (
     ("queue_scheduler", "kaip.controllers.kueue"),  # batch Jobs and Kueue's queues (issue 4)
     ("serving", "kaip.serving.install"),  # InferenceService, runtimes, the gateway at /serving (issue 6)
     ("guardrails", "kaip.guardrails.install"),  # detectors and the orchestrator (issue 9)
+    ("rag", "kaip.rag.install"),  # knowledge bases and retrieval (issue 10)
 )
 
 ADMIN_USER = "admin"

@@ -1,0 +1,106 @@
+"""The server's RAG state: open knowledge bases (one per object, on disk under `$KAIP_HOME/rag`), and who
+a request is for. The controller syncs through it; the query API and the gateway search through it."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from kaip.api import errors
+from kaip.api.core import SECRET, SERVICE_ACCOUNT
+from kaip.api.rag import KNOWLEDGE_BASE
+from kaip.controlplane.conditions import get_condition
+from kaip.rag.embeddings import EmbeddingModelNotFound, load_embedder
+from kaip.rag.knowledge import KnowledgeBase, kb_from_spec
+from kaip.rag.subject import (
+    ASSERTION_SECRET_ANNOTATION,
+    SUBJECT_ANNOTATION,
+    AssertionError_,
+    verify_assertion,
+)
+from kaip.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class RagService:
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+        self._open: dict[tuple[str, str], tuple[str, KnowledgeBase]] = {}  # (ns, name) -> (uid/generation, kb)
+        self._lock = threading.Lock()
+
+    def directory(self, obj: dict[str, Any]) -> Path:
+        meta = obj["metadata"]
+        return self.root / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
+
+    def open(self, obj: dict[str, Any]) -> KnowledgeBase:
+        """The knowledge base for a stored object, opened once per spec generation (EmbeddingModelNotFound when
+        its model is missing)."""
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        version = f"{meta['uid']}/{meta.get('generation', 1)}"
+        with self._lock:
+            found = self._open.get(key)
+            if found and found[0] == version:
+                return found[1]
+        spec = obj["spec"]
+        embedding = spec.get("embedding") or {}
+        embedder = load_embedder(embedding.get("model"), embedding.get("path"))
+        kb = KnowledgeBase(kb_from_spec(meta["name"], meta["namespace"], spec), self.directory(obj), embedder)
+        with self._lock:
+            self._open[key] = (version, kb)
+        return kb
+
+    def evict(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._open.pop((namespace, name), None)
+
+    def delete_data(self, obj: dict[str, Any]) -> None:
+        self.evict(obj["metadata"]["namespace"], obj["metadata"]["name"])
+        shutil.rmtree(self.directory(obj), ignore_errors=True)
+
+    def for_query(self, namespace: str, name: str) -> KnowledgeBase:
+        """A knowledge base ready to answer, or a 4xx that says why not."""
+        obj = self.store.get(KNOWLEDGE_BASE, namespace, name)
+        try:
+            kb = self.open(obj)
+        except EmbeddingModelNotFound as err:
+            raise errors.ApiError(409, "EmbeddingModelNotFound", f'knowledgebase "{name}" cannot answer queries: '
+                                  f"{err}", kind="knowledgebases", name=name) from err
+        ready = get_condition(obj.get("status"), "Ready")
+        if ready is None and kb.generation() == 0:
+            raise errors.ApiError(409, "NotReady", f'knowledgebase "{name}" has not been indexed yet; try again '
+                                  "once its Ready condition is True", kind="knowledgebases", name=name)
+        return kb
+
+    # ---- subjects -------------------------------------------------------------------------------------------
+
+    def subject_for(self, user: str, namespace: str, assertion: str | None) -> str:
+        """The subject of a request by `user` (authenticated) in `namespace`, optionally with an assertion
+        header; 403 for an assertion the caller may not make or that does not verify."""
+        account = None
+        if user.startswith("system:serviceaccount:"):
+            _, _, sa_ns, sa_name = user.split(":", 3)
+            account = self.store.try_get(SERVICE_ACCOUNT, sa_ns, sa_name)
+        annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
+        if assertion is None:
+            return annotations.get(SUBJECT_ANNOTATION) or user
+        secret_name = annotations.get(ASSERTION_SECRET_ANNOTATION)
+        if account is None or not secret_name or account["metadata"]["namespace"] != namespace:
+            raise errors.ApiError(403, "Forbidden", f'User "{user}" may not assert a subject in namespace '
+                                  f'"{namespace}": only a service account of that namespace annotated '
+                                  f"{ASSERTION_SECRET_ANNOTATION} may")
+        secret = self.store.try_get(SECRET, namespace, secret_name)
+        raw = ((secret or {}).get("data") or {}).get("key")
+        if not raw:
+            raise errors.ApiError(403, "Forbidden", f'the subject-assertion secret "{secret_name}" (key "key") is '
+                                  f'missing in namespace "{namespace}"')
+        try:
+            return verify_assertion(assertion, base64.b64decode(raw), issuer=user, namespace=namespace)
+        except AssertionError_ as err:
+            raise errors.ApiError(403, "Forbidden", str(err)) from err
