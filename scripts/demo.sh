@@ -29,6 +29,17 @@ echo "== kaip logs generate-member-records -n healthcare"
 kaip logs generate-member-records -n healthcare
 echo "== kaip events -n healthcare"
 kaip events -n healthcare
+
+echo "== the knowledge base (company documents and each member's own records)"
+for _ in $(seq 1 300); do
+  ready=$(kaip get knowledgebase member-kb -n healthcare -o json | python3 -c 'import json,sys; print(next((c["status"] for c in json.load(sys.stdin).get("status",{}).get("conditions",[]) if c["type"]=="Ready"), ""))')
+  [[ "$ready" == True ]] && break
+  sleep 0.2
+done
+kaip get knowledgebases -n healthcare
+echo "== as member EVM-100001: kaip kb query member-kb 'How much of my deductible have I met?'"
+MEMBER_TOKEN=$(kaip create token member-evm-100001 -n healthcare)
+KAIP_TOKEN=$MEMBER_TOKEN kaip kb query member-kb "How much of my deductible have I met?" -n healthcare -k 3
 cat <<MSG
 
 Kaip is running at http://127.0.0.1:$PORT (state in $KAIP_HOME). In another shell:
