@@ -417,6 +417,7 @@ CLI_MODULES = (
     "kaip.cli.tracking",  # experiments, runs, models, lineage (issue 3)
     "kaip.cli.queues",  # top queues, report usage (issue 4)
     "kaip.cli.serving",  # rollout undo, predictions, prometheus-config (issue 6)
+    "kaip.cli.pipelines",  # run -f FILE, gitops diff|sync|rollback (issue 8)
     "kaip.cli.rag",  # kb query (issue 10)
 )
 for _module in CLI_MODULES:

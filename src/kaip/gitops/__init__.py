@@ -1,0 +1,1 @@
+"""GitOps: Argo CD Applications synced from local git repositories."""

@@ -1,0 +1,17 @@
+"""Plugging GitOps into a Kaip server: the Application controller, woken by changes to what it manages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaip.api.gitops import APPLICATION
+from kaip.controlplane.events import EventRecorder
+from kaip.controlplane.manager import Controller
+from kaip.gitops.controller import ApplicationReconciler, managed_app_keys
+
+
+def install(server: Any) -> ApplicationReconciler:
+    reconciler = ApplicationReconciler(server.store, server.registry, EventRecorder(server.store, "kaip-gitops"))
+    server.manager.add(Controller("application", reconciler, for_kind=APPLICATION,
+                                  watches=[(None, managed_app_keys)], workers=1))
+    return reconciler
