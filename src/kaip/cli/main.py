@@ -18,6 +18,7 @@ from kaip import __version__, config
 from kaip.cli import manifests
 from kaip.cli.client import Client, ClientError, Resource
 from kaip.cli.printers import age, print_table, table_rows
+from kaip.training import replicas
 
 app = typer.Typer(help="Kaip: a Kubernetes-native AI platform on one machine.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -294,11 +295,17 @@ def logs(pod: str, namespace: Namespace = None,
          follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
          tail: Annotated[int | None, typer.Option("--tail", help="Lines from the end.")] = None,
          previous: Annotated[bool, typer.Option("--previous", "-p", help="The previous run's log.")] = False,
+         replica: Annotated[str | None, typer.Option("--replica", help="trainjob/NAME: e.g. node-0-1.")] = None,
          ) -> None:
-    """Print a pod's container log."""
+    """Print a pod's container log (or a training job's replica: trainjob/NAME --replica node-0-1)."""
     def go() -> None:
         client = _client()
         name = pod.split("/", 1)[1] if pod.startswith(("pod/", "pods/")) else pod
+        if (job := replicas.job_target(pod)) is not None:  # training jobs (issue 5)
+            items = client.list(client.resolve("pods"), namespace or "default", selector=f"{job[0]}={job[1]}")
+            name = replicas.pick_replica_pod(items["items"], replica, job[0]) or ""
+            if not name:
+                _fail(f"no pod of {pod} is replica {replica or 'rank 0'}")
         try:
             for chunk in client.logs(namespace or "default", name, container=container, follow=follow,
                                      tail=tail, previous=previous):
@@ -417,7 +424,7 @@ CLI_MODULES = (
     "kaip.cli.tracking",  # experiments, runs, models, lineage (issue 3)
     "kaip.cli.queues",  # top queues, report usage (issue 4)
     "kaip.cli.serving",  # rollout undo, predictions, prometheus-config (issue 6)
-    "kaip.cli.pipelines",  # run -f FILE, gitops diff|sync|rollback (issue 8)
+    "kaip.cli.pipelines",  # run -f FILE (issue 8)
     "kaip.cli.rag",  # kb query (issue 10)
 )
 for _module in CLI_MODULES:

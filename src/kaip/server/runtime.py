@@ -41,6 +41,7 @@ log = logging.getLogger("kaip.server")
 SUBSYSTEMS: tuple[tuple[str, str], ...] = (
     ("tracking", "kaip.tracking.install"),  # experiments, runs, registry, lineage; MLflow REST (issue 3)
     ("queue_scheduler", "kaip.controllers.kueue"),  # batch Jobs and Kueue's queues (issue 4)
+    ("training", "kaip.controllers.trainjob"),  # TrainJob, PyTorchJob (issue 5)
     ("serving", "kaip.serving.install"),  # InferenceService, runtimes, the gateway at /serving (issue 6)
     ("pipelines", "kaip.pipelines.install"),  # Pipeline, PipelineRun, RecurringRun (issue 8)
     ("guardrails", "kaip.guardrails.install"),  # detectors and the orchestrator (issue 9)
