@@ -15,10 +15,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from kaip.api import errors
 from kaip.rag.augment import augment
 from kaip.rag.knowledge import KnowledgeBase
 from kaip.rag.service import RagService
+from kaip.rag.subject import ASSERTION_HEADER
 
 ANNOTATION = "kaip.dev/knowledge-bases"
 
@@ -49,3 +52,26 @@ def augment_chat_body(body: bytes, knowledge_bases: Sequence[KnowledgeBase],
 
 def with_sources(completion: dict[str, Any], sources: list[dict[str, Any]]) -> dict[str, Any]:
     return {**completion, "sources": sources}
+
+
+class RagHook:
+    """The serving gateway's hook: a chat completion sent to an InferenceService annotated with knowledge bases is
+    answered with the retrieved passages in its system prompt, and the answer carries them as `sources`. The subject
+    whose records may be retrieved is the caller's authenticated identity, never anything in the request body."""
+
+    def __init__(self, service: RagService) -> None:
+        self.service = service
+
+    async def request(self, route: Any, path: str, body: bytes, user: str | None,
+                      headers: Mapping[str, str]) -> tuple[bytes, Any]:
+        if not knowledge_base_names(route.annotations) or not path.rstrip("/").endswith("/chat/completions"):
+            return body, None
+
+        def work() -> tuple[bytes, list[dict[str, Any]]]:
+            kbs = knowledge_bases_for(route.annotations, route.namespace, self.service)
+            subject = self.service.subject_for(user, route.namespace, headers.get(ASSERTION_HEADER.lower())) \
+                if user else None
+            return augment_chat_body(body, kbs, subject)
+
+        new_body, sources = await run_in_threadpool(work)
+        return new_body, (lambda doc: with_sources(doc, sources) if isinstance(doc, dict) else doc)

@@ -24,4 +24,10 @@ def install(server: Any) -> RagService:
     app.router.routes[0:0] = added
     server.manager.add(Controller("knowledgebase", KnowledgeBaseReconciler(
         server.store, service, EventRecorder(server.store, "kaip-knowledgebase")), for_kind=KNOWLEDGE_BASE))
+    serving = getattr(server, "serving", None)
+    gateway = getattr(serving, "gateway", None)
+    if gateway is not None:  # InferenceServices annotated `kaip.dev/knowledge-bases` get RAG in the gateway
+        from kaip.rag.gateway import RagHook
+
+        gateway.hooks.append(RagHook(service))
     return service

@@ -8,6 +8,10 @@ unready and the request is retried on another. Metrics, the prediction log and C
 way out.
 
 `GET /serving/-/predictions/{namespace}/{name}?since=1h` reads the prediction log.
+
+Request hooks (`Gateway.hooks`) let other subsystems take part without the gateway knowing them: a hook may rewrite
+the request body before it is forwarded and return a function that rewrites a JSON response (knowledge bases add
+retrieved context to a chat request and its sources to the answer).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import aiohttp
 from starlette.concurrency import run_in_threadpool
@@ -38,6 +43,14 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trail
 RESPONSE_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 LOG_CAPTURE_LIMIT = 1024 * 1024
 REVISION_HEADER = b"x-kaip-revision"  # which revision answered: lets clients and tests see the split
+
+
+JsonTransform = Callable[[Any], Any]
+
+
+class RequestHook(Protocol):
+    async def request(self, route: Route, path: str, body: bytes, user: str | None,
+                      headers: dict[str, str]) -> tuple[bytes, JsonTransform | None]: ...
 
 
 class GatewayError(Exception):
@@ -62,6 +75,7 @@ class Gateway:
         self.predictions = predictions
         self._clients: dict[int, aiohttp.ClientSession] = {}
         self._freed: dict[tuple[str, str], asyncio.Event] = {}
+        self.hooks: list[RequestHook] = []
         self._turn = 0
 
     def _client(self) -> aiohttp.ClientSession:
@@ -97,11 +111,12 @@ class Gateway:
             namespace, name = parts[0], parts[1]
             rest = "/" + (parts[2] if len(parts) > 2 else "")
             route = self.system.routes.get((namespace, name))
+            user = None
             if route is None or not route.public:
-                await self._authorize(scope, namespace)
+                user = await self._authorize(scope, namespace)
             if route is None:
                 raise GatewayError(404, f"InferenceService {namespace}/{name} not found or not yet reconciled")
-            await self._proxy(scope, receive, send, route, rest)
+            await self._proxy(scope, receive, send, route, rest, user)
         except GatewayError as err:
             await _send_json(send, err.status, {"error": str(err)})
 
@@ -182,9 +197,26 @@ class Gateway:
             ev.set()
             ev.clear()
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route, rest: str) -> None:
+    async def _apply_hooks(self, scope: Scope, route: Route, rest: str, body: bytes,
+                           user: str | None) -> tuple[bytes, list[JsonTransform]]:
+        transforms: list[JsonTransform] = []
+        if not self.hooks or scope["method"] != "POST":
+            return body, transforms
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        for hook in self.hooks:
+            try:
+                body, transform = await hook.request(route, rest, body, user, headers)
+            except errors.ApiError as err:
+                raise GatewayError(err.code, err.message) from err
+            if transform is not None:
+                transforms.append(transform)
+        return body, transforms
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route, rest: str,
+                     user: str | None = None) -> None:
         started = time.monotonic()
         body = await self._read_body(receive)
+        body, transforms = await self._apply_hooks(scope, route, rest, body, user)
         revision = route.picker.pick()
         if revision is None:
             raise GatewayError(503, f"InferenceService {route.namespace}/{route.name} has no revision to route to")
@@ -202,7 +234,8 @@ class Gateway:
         query = scope.get("query_string", b"").decode()
         url_path = rest + (f"?{query}" if query else "")
         try:
-            code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started, captured)
+            code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started, captured,
+                                       transforms)
         finally:
             now = time.monotonic()
             meter.end(now)
@@ -216,7 +249,8 @@ class Gateway:
                                      now - started)
 
     async def _forward(self, scope: Scope, send: Send, route: Route, revision: str, url_path: str, body: bytes,
-                       headers: list[tuple[bytes, bytes]], started: float, captured: list[bytes]) -> int:
+                       headers: list[tuple[bytes, bytes]], started: float, captured: list[bytes],
+                       transforms: list[JsonTransform] | None = None) -> int:
         deadline = started + route.timeout
         tried: set[str] = set()
         client = self._client()
@@ -245,13 +279,39 @@ class Gateway:
                     raise GatewayError(504, f"the model did not answer within {route.timeout:.0f}s "
                                             "(spec.predictor.timeout)") from err
                 try:
-                    await self._stream(send, response, captured if route.logger is not None else None, revision)
+                    if transforms and response.status == 200 and \
+                            response.headers.get("content-type", "").startswith("application/json"):
+                        await self._send_transformed(send, response, transforms, revision, captured
+                                                     if route.logger is not None else None)
+                    else:
+                        await self._stream(send, response, captured if route.logger is not None else None,
+                                           revision)
                 finally:
                     response.release()
                 return response.status
             finally:
                 self._release(route, ep)
         raise GatewayError(502, f"no replica of {revision} answered after {MAX_ATTEMPTS} attempts")
+
+    @staticmethod
+    async def _send_transformed(send: Send, response: aiohttp.ClientResponse, transforms: list[JsonTransform],
+                                revision: str, captured: list[bytes] | None) -> None:
+        """A whole JSON answer, rewritten by the hooks' transforms (the one place the gateway buffers)."""
+        raw = await response.read()
+        try:
+            doc = json.loads(raw)
+            for transform in transforms:
+                doc = transform(doc)
+            raw = json.dumps(doc).encode()
+        except (ValueError, TypeError) as err:
+            log.warning("could not rewrite a JSON answer from %s: %r", revision, err)
+        if captured is not None:
+            captured.append(raw[:LOG_CAPTURE_LIMIT])
+        headers = [(k, v) for k, v in response.raw_headers
+                   if k.lower().decode("latin-1") not in RESPONSE_HOP | {"content-length", "content-encoding"}]
+        headers += [(b"content-length", str(len(raw)).encode()), (REVISION_HEADER, revision.encode())]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
 
     @staticmethod
     async def _stream(send: Send, response: aiohttp.ClientResponse, captured: list[bytes] | None,
