@@ -117,7 +117,8 @@ async def watch_phase(client: httpx.AsyncClient, rate: float, seconds: float) ->
 
 
 async def run_backend(url: str, token: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # Idle connections are dropped before the server's own 5 s keep-alive timeout would close them under us.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
                                  limits=limits) as client:
         r = await client.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",

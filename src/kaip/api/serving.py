@@ -32,6 +32,9 @@ def _refuse(value: Any) -> Any:
 
 
 Unsupported = Annotated[Any, AfterValidator(_refuse)]
+# Upstream's Go types bound integers (`format: int32` / `int64` in the CRD): a larger number is refused there.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 def _with_unsupported(name: str, fields: tuple[str, ...]) -> type[Schema]:
@@ -83,7 +86,7 @@ class ModelSpec(_ContainerUnsupported):  # type: ignore[misc, valid-type]
 
 class LoggerSpec(Schema):
     url: str | None = None
-    mode: Literal["all", "request", "response"] = "all"
+    mode: Literal["all", "request", "response"] | None = None  # unset means all, as upstream (no CRD default)
     metadataHeaders: list[str] | None = None
     metadataAnnotations: list[str] | None = None
     storage: Unsupported = None
@@ -101,12 +104,12 @@ class BatcherSpec(Schema):
 class ComponentSpec(_PodUnsupported):  # type: ignore[misc, valid-type]
     """What predictor, transformer and explainer share: KServe's ComponentExtensionSpec plus a custom container."""
 
-    minReplicas: int | None = Field(default=None, ge=0)
-    maxReplicas: int | None = Field(default=None, ge=0)
+    minReplicas: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    maxReplicas: int | None = Field(default=None, ge=0, le=INT32_MAX)
     scaleMetric: Literal["concurrency", "rps", "cpu", "memory"] | None = None
-    scaleTarget: int | None = Field(default=None, ge=1)
-    containerConcurrency: int | None = Field(default=None, ge=0)
-    timeout: int | None = Field(default=None, ge=1)
+    scaleTarget: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    containerConcurrency: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    timeout: int | None = Field(default=None, ge=1, le=INT64_MAX)
     canaryTrafficPercent: int | None = Field(default=None, ge=0, le=100)
     logger: LoggerSpec | None = None
     batcher: Unsupported = None  # BatcherSpec, once the gateway batches
@@ -115,7 +118,7 @@ class ComponentSpec(_PodUnsupported):  # type: ignore[misc, valid-type]
     containers: list[Container] | None = None
     serviceAccountName: str | None = None
     priorityClassName: str | None = None
-    terminationGracePeriodSeconds: int | None = Field(default=None, ge=0)
+    terminationGracePeriodSeconds: int | None = Field(default=None, ge=0, le=INT64_MAX)
     resources: ResourceRequirements | None = None
 
     @model_validator(mode="after")
@@ -132,7 +135,7 @@ class ComponentSpec(_PodUnsupported):  # type: ignore[misc, valid-type]
 
 
 class PredictorSpec(ComponentSpec):
-    name: str | None = None
+    name: str | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
     model: ModelSpec | None = None
     sklearn: ModelSpec | None = None
     xgboost: ModelSpec | None = None
@@ -195,7 +198,7 @@ class SupportedModelFormat(Schema):
     name: str = Field(min_length=1)
     version: str | None = None
     autoSelect: bool | None = None
-    priority: int | None = Field(default=None, ge=1)
+    priority: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
 _RUNTIME_UNSUPPORTED = ("affinity", "builtInAdapter", "grpcDataEndpoint", "grpcEndpoint", "hostIPC",

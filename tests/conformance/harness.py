@@ -1,0 +1,697 @@
+"""The conformance harness: upstream CRDs as JSON Schema, Kaip's kinds mapped to them, and the support matrix.
+
+Kinds are discovered from Kaip's kinds registry; each kind outside Kaip's own group is matched to the CRD in
+`shared/crds/` that defines its group and kind. A CRD's `openAPIV3Schema` is a *structural* OpenAPI v3 schema;
+`to_jsonschema` turns it into plain JSON Schema (draft 7) the way the API server reads it:
+
+- `x-kubernetes-int-or-string: true` becomes `anyOf: [integer, string]`;
+- `nullable: true` admits null;
+- an object with `properties` refuses unknown fields (kubectl's and the API server's strict field validation)
+  unless `x-kubernetes-preserve-unknown-fields: true` says otherwise;
+- `format: int32` / `int64` bound integers (the API server cannot decode a larger number into the Go type).
+
+CEL rules (`x-kubernetes-validations`) are not evaluated: jsonschema cannot, and they are listed per kind in the
+docs as rules Kaip must implement itself (see docs/conformance.md).
+
+`bounded` trims a schema for document generation (depth, list and map sizes, string lengths), so that
+hypothesis-jsonschema produces small documents quickly.
+
+The support matrix (`matrix`) walks a CRD schema alongside the kind's pydantic schema: every upstream field is
+implemented (Kaip declares it), refused as not implemented (declared with a validator that refuses any value),
+or refused as unknown (not declared at all). `EXTRA_RULES` lists, per kind, the checks Kaip makes beyond the CRD
+schema (upstream makes them in its webhook or when it creates the pods), with the path and message they report.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import pkgutil
+import re
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import AfterValidator, BaseModel
+
+import kaip.api
+from kaip.api.errors import ApiError
+from kaip.api.kinds import REGISTRY, KindInfo
+from kaip.api.validation import validate_document
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+CRDS = SHARED / "crds"
+OPENAPI = SHARED / "openapi"
+
+# Kaip's own group: no upstream definition to conform to.
+OWN_GROUPS = ("kaip.dev",)
+# Kinds whose generated (property-based) checks run: their owners have finished them. Adding a group here is the
+# one line that turns on generation, mutation and defaulting checks for its kinds (e.g. "kueue.x-k8s.io").
+GENERATED_GROUPS: tuple[str, ...] = ("serving.kserve.io", "trustyai.opendatahub.io")
+# CRD files whose names do not follow `<group>_<plural>.yaml`.
+CRD_FILE_OVERRIDES = {"argoproj.io/Application": "argo-cd/application-crd.yaml",
+                      "kubeflow.org/Experiment": "katib/experiment.yaml"}
+
+NOT_IMPLEMENTED = "not implemented"
+UNKNOWN = "unknown field"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check Kaip makes that the CRD schema does not: refusals at `path` whose message contains `message`."""
+
+    path: str
+    message: str
+    why: str
+
+
+# Per kind key (`group/Kind`): Kaip's checks beyond the CRD's openAPIV3Schema. Paths use `[*]` for list indices.
+_CONTAINER_RULES = (
+    ("imagePullPolicy", "Input should be 'Always', 'IfNotPresent' or 'Never'",
+     "Kubernetes' Pod validation (the pod upstream creates) allows only these values"),
+    ("ports[*].protocol", "Input should be 'TCP', 'UDP' or 'SCTP'", "Kubernetes' Pod validation"),
+    ("ports[*].containerPort", "Input should be", "Kubernetes' Pod validation: 1-65535"),
+    *((f"env[*].valueFrom.{ref}.name", "Required value", "Kubernetes' Pod validation requires the name (the CRD "
+       "defaults it to \"\", and the pod upstream creates from it is refused)") for ref in ("configMapKeyRef",
+                                                                                            "secretKeyRef")),
+)
+_MODEL_CONTAINER_RULES = (_CONTAINER_RULES[0], *_CONTAINER_RULES[3:])  # a model's container has no ports
+_COMPONENT_RULES = (
+    Rule("{c}", "maxReplicas", "KServe's webhook: maxReplicas must be >= minReplicas"),
+    Rule("{c}", "scaleMetric", "Kaip scales on concurrency or rps only (cpu and memory need a metrics server)"),
+    Rule("{c}", "containers: exactly one container", "Kaip runs one container per component"),
+    Rule("{c}.minReplicas", "greater than or equal to 0", "KServe's webhook refuses negative replicas"),
+    Rule("{c}.maxReplicas", "greater than or equal to 0", "KServe's webhook refuses negative replicas"),
+    Rule("{c}.scaleTarget", "greater than or equal to 1", "KServe's webhook: the target must be positive"),
+    Rule("{c}.containerConcurrency", "greater than or equal to 0", "Knative's webhook"),
+    Rule("{c}.timeout", "greater than or equal to 1", "Knative's webhook: a positive timeout"),
+    Rule("{c}.canaryTrafficPercent", "less than or equal to 100", "KServe's webhook: a percentage"),
+    Rule("{c}.canaryTrafficPercent", "greater than or equal to 0", "KServe's webhook: a percentage"),
+    Rule("{c}.terminationGracePeriodSeconds", "greater than or equal to 0", "Kubernetes' Pod validation"),
+    Rule("{c}.containers[*].name", "Field required", "Kubernetes' Pod validation: a container has a name"),
+)
+_MODEL_KEYS = ("model", "sklearn", "xgboost", "lightgbm", "huggingface", "tensorflow", "pytorch", "triton", "onnx",
+               "pmml", "paddle")
+_PROTOCOLS = ("KServe's protocol constants (v1, v2, grpc-v1, grpc-v2): a runtime is matched on them, so another "
+              "value never serves")
+EXTRA_RULES: dict[str, tuple[Rule, ...]] = {
+    "serving.kserve.io/InferenceService": (
+        Rule("spec.predictor", "exactly one of model, containers or a framework key",
+             "KServe's webhook: exactly one predictor implementation"),
+        Rule("spec.predictor", "model.modelFormat: Required value", "KServe's webhook: a model names its format"),
+        Rule("spec.predictor.model.modelFormat.name", "at least 1 character", "KServe: a format has a name"),
+        *(Rule(f"spec.predictor.{k}.protocolVersion", "Input should be 'v1' or 'v2'", _PROTOCOLS)
+          for k in _MODEL_KEYS),
+        *(Rule(r.path.format(c="spec.predictor"), r.message, r.why) for r in _COMPONENT_RULES),
+        *(Rule(f"spec.predictor.{k}.{p}", m, w) for k in _MODEL_KEYS for p, m, w in _MODEL_CONTAINER_RULES),
+        *(Rule(f"spec.predictor.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
+    ),
+    "serving.kserve.io/ServingRuntime": (
+        Rule("spec", "multiModel", "Kaip serves one model per runtime process (ModelMesh is not implemented)"),
+        Rule("spec.supportedModelFormats[*].name", "at least 1 character", "KServe: a format has a name"),
+        Rule("spec.protocolVersions[*]", "Input should be 'v1', 'v2', 'grpc-v1' or 'grpc-v2'", _PROTOCOLS),
+        Rule("spec.supportedModelFormats[*].priority", "greater than or equal to 1", "KServe's webhook"),
+        Rule("spec.containers", "at least 1 item", "KServe's webhook: a runtime has a container"),
+        *(Rule(f"spec.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
+    ),
+    "trustyai.opendatahub.io/GuardrailsOrchestrator": (
+        Rule("spec.orchestratorConfig", "at least 1 character", "the operator needs a ConfigMap name"),
+    Rule("spec.replicas", "greater than or equal to 0", "Kubernetes' Deployment validation (the operator's "
+                                                        "Deployment) refuses negative replicas"),
+    ),
+}
+EXTRA_RULES["serving.kserve.io/ClusterServingRuntime"] = EXTRA_RULES["serving.kserve.io/ServingRuntime"]
+for _key in EXTRA_RULES:  # these CRDs do not require `spec`; Kaip does, as there is nothing to run without one
+    EXTRA_RULES[_key] += (Rule("spec", "Required value", "the object has nothing to run without a spec; upstream's "
+                                                         "operator fails to reconcile it (its spec has required "
+                                                         "fields)"),)
+
+
+# ---- kinds and their CRDs -----------------------------------------------------------------------------------
+
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+@functools.cache
+def registered_kinds() -> list[KindInfo]:
+    """Every kind Kaip registers: import each module of `kaip.api` (each registers its own kinds). A module that
+    fails to import is recorded in IMPORT_ERRORS (a test fails on it) and its kinds are missing."""
+    for mod in pkgutil.iter_modules(kaip.api.__path__):
+        try:
+            importlib.import_module(f"kaip.api.{mod.name}")
+        except ImportError as err:
+            IMPORT_ERRORS[mod.name] = f"{type(err).__name__}: {err}"
+    return sorted(REGISTRY.all(), key=lambda i: (i.group, i.kind))
+
+
+def upstream_kinds() -> list[KindInfo]:
+    return [i for i in registered_kinds() if i.group not in OWN_GROUPS]
+
+
+@functools.cache
+def _load_yaml(path: Path) -> Any:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(), Loader=loader)  # noqa: S506 (a safe loader)
+
+
+def crd_file(info: KindInfo) -> Path | None:
+    """The upstream CRD of a kind, or None (Kubernetes' built-in kinds, e.g. batch/v1 Job, have none)."""
+    override = CRD_FILE_OVERRIDES.get(info.key)
+    if override:
+        return CRDS / override
+    found = sorted(CRDS.glob(f"*/{info.group}_{info.plural}.yaml"))
+    return found[0] if found else None
+
+
+def crd(info: KindInfo) -> dict[str, Any] | None:
+    path = crd_file(info)
+    if path is None:
+        return None
+    doc = _load_yaml(path)
+    assert doc["spec"]["group"] == info.group and doc["spec"]["names"]["kind"] == info.kind, path
+    return doc
+
+
+def crd_versions(info: KindInfo) -> list[str]:
+    doc = crd(info)
+    return [v["name"] for v in doc["spec"]["versions"] if v.get("served", True)] if doc else []
+
+
+def crd_schema(info: KindInfo, version: str) -> dict[str, Any]:
+    doc = crd(info)
+    assert doc is not None, f"{info.key} has no upstream CRD"
+    for v in doc["spec"]["versions"]:
+        if v["name"] == version:
+            return v["schema"]["openAPIV3Schema"]
+    raise KeyError(f"{info.key}: the upstream CRD does not serve {version}")
+
+
+def checked_versions(info: KindInfo) -> list[str]:
+    """The versions both Kaip and upstream serve."""
+    return [v for v in info.versions if v in crd_versions(info)]
+
+
+def generated_kinds() -> list[KindInfo]:
+    return [i for i in upstream_kinds() if i.group in GENERATED_GROUPS and crd_file(i) is not None]
+
+
+# ---- structural schema -> JSON Schema ------------------------------------------------------------------------
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
+    """A structural schema node as draft-7 JSON Schema, with the API server's reading of the extensions."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {k: to_jsonschema(v) for k, v in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = to_jsonschema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [to_jsonschema(v) for v in value]
+        elif key.startswith("x-kubernetes-") or key in ("description", "nullable", "example", "externalDocs"):
+            continue
+        else:
+            out[key] = copy.deepcopy(value)
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if node.get("type") == "integer" and node.get("format") in ("int32", "int64"):
+        lo, hi = INT32 if node["format"] == "int32" else INT64
+        out["minimum"] = max(out.get("minimum", lo), lo)
+        out["maximum"] = min(out.get("maximum", hi), hi)
+    if "properties" in node and "additionalProperties" not in node and \
+            not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+@functools.cache
+def _cached_body_schema(key: str, version: str) -> dict[str, Any]:
+    info = REGISTRY.by_key(key)
+    full = crd_schema(info, version)
+    return to_jsonschema(full)
+
+
+def object_schema(info: KindInfo, version: str) -> dict[str, Any]:
+    """The whole object's JSON Schema (apiVersion, kind, metadata, spec, status)."""
+    return _cached_body_schema(info.key, version)
+
+
+@functools.cache
+def _object_validator(key: str, version: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(_cached_body_schema(key, version))
+
+
+def upstream_errors(info: KindInfo, version: str, doc: dict[str, Any]) -> list[str]:
+    """Why upstream's schema rejects `doc` (empty when it validates), one `path: message` per problem."""
+    validator = _object_validator(info.key, version)
+    out = []
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        out.append(f"{json_path(err.absolute_path)}: {err.message}")
+    return out
+
+
+def json_path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def bounded(node: dict[str, Any], depth: int, *, max_items: int = 2, max_len: int = 12,
+            keep: typing.Callable[[str], bool] | None = None, path: str = "") -> dict[str, Any]:
+    """A JSON Schema trimmed for generation: optional properties below `depth` levels are dropped, lists and maps
+    hold at most `max_items`, free strings at most `max_len` characters; `keep(path)` may drop more properties."""
+    out = {k: v for k, v in node.items() if k not in ("properties", "items", "additionalProperties", "anyOf",
+                                                      "allOf", "oneOf", "format")}
+    required = set(node.get("required", ()))
+    if "properties" in node:
+        props = {}
+        for name, sub in node["properties"].items():
+            sub_path = f"{path}.{name}" if path else name
+            if name not in required and (depth <= 0 or (keep is not None and not keep(sub_path))):
+                continue
+            props[name] = bounded(sub, depth - 1, max_items=max_items, max_len=max_len, keep=keep, path=sub_path)
+        out["properties"] = props
+        out["required"] = [r for r in node.get("required", ()) if r in props]
+        if not out["required"]:
+            out.pop("required")
+    if isinstance(node.get("items"), dict):
+        out["items"] = bounded(node["items"], depth - 1, max_items=max_items, max_len=max_len, keep=keep,
+                               path=f"{path}[*]")
+        out["maxItems"] = max(min(node.get("maxItems", max_items), max_items), node.get("minItems", 0))
+    if "additionalProperties" in node:
+        ap = node["additionalProperties"]
+        out["additionalProperties"] = bounded(ap, depth - 1, max_items=max_items, max_len=max_len, keep=keep,
+                                              path=f"{path}.*") if isinstance(ap, dict) else ap
+        if isinstance(ap, dict):
+            out["maxProperties"] = max(min(node.get("maxProperties", max_items), max_items),
+                                       node.get("minProperties", 0))
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in node:
+            out[key] = [bounded(s, depth, max_items=max_items, max_len=max_len, keep=keep, path=path)
+                        for s in node[key]]
+    if node.get("type") == "string" and "enum" not in node and "pattern" not in node:
+        out["maxLength"] = max(min(node.get("maxLength", max_len), max_len), node.get("minLength", 0))
+    if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
+        out["maxProperties"] = 0  # preserve-unknown-fields objects: generate {} (anything goes there)
+    return out
+
+
+# ---- the support matrix ---------------------------------------------------------------------------------------
+
+def _unwrap(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The pydantic model inside an annotation and how it nests: "" (directly), "list", "map", or "any"."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                model, how = _unwrap(arg)
+                if model is not None or how:
+                    return model, how
+        return None, ""
+    if origin is list:
+        model, how = _unwrap(typing.get_args(annotation)[0])
+        return (model, "list") if model is not None else (None, "")
+    if origin is dict:
+        model, how = _unwrap(typing.get_args(annotation)[1])
+        return (model, "map") if model is not None else (None, "")
+    if annotation is Any:
+        return None, "any"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    return None, ""
+
+
+_SENTINEL = "any value"
+
+
+def _refuses_any_value(model: type[BaseModel], name: str) -> bool:
+    """Whether a declared field refuses every non-null value (an upstream field declared as not implemented)."""
+    finfo = model.model_fields[name]
+    validators = [m.func for m in finfo.metadata if isinstance(m, AfterValidator)]
+    validators += [d.func for d in model.__pydantic_decorators__.field_validators.values() if name in d.info.fields]
+    for func in validators:
+        try:
+            func(_SENTINEL)
+        except ValueError:
+            return True
+        except Exception:  # noqa: BLE001 (a validator that needs more than a value: not a blanket refusal)
+            continue
+    return False
+
+
+@dataclass
+class Matrix:
+    """For one kind and version: upstream field paths, each implemented or refused (with why)."""
+
+    implemented: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # path -> NOT_IMPLEMENTED | UNKNOWN
+
+
+def _fields_by_name(model: type[BaseModel]) -> dict[str, str]:
+    out = {}
+    for name, finfo in model.model_fields.items():
+        out[finfo.alias or name] = name
+        out[name] = name
+    return out
+
+
+def _walk(node: dict[str, Any], model: type[BaseModel] | None, path: str, m: Matrix) -> None:
+    if model is None:
+        return
+    if isinstance(node.get("items"), dict):
+        node = node["items"]
+    names = _fields_by_name(model)
+    for prop, sub in (node.get("properties") or {}).items():
+        sub_path = f"{path}.{prop}" if path else prop
+        attr = names.get(prop)
+        if attr is None:
+            m.refused[sub_path] = UNKNOWN
+            continue
+        if _refuses_any_value(model, attr):
+            m.refused[sub_path] = NOT_IMPLEMENTED
+            continue
+        m.implemented.append(sub_path)
+        inner, how = _unwrap(model.model_fields[attr].annotation)
+        if inner is None:
+            continue
+        if how == "list" or sub.get("type") == "array":
+            _walk(sub.get("items") or {}, inner, f"{sub_path}[*]", m)
+        elif how == "map":
+            _walk(sub.get("additionalProperties") or {}, inner, f"{sub_path}.*", m)
+        else:
+            _walk(sub, inner, sub_path, m)
+
+
+def matrix(info: KindInfo, version: str) -> Matrix:
+    """Walk the CRD's `spec` (and any other top-level body fields) alongside the kind's pydantic schema."""
+    schema = crd_schema(info, version)
+    body = {"properties": {k: v for k, v in (schema.get("properties") or {}).items()
+                           if k not in ("apiVersion", "kind", "metadata", "status")}}
+    m = Matrix()
+    _walk(body, info.schema, "", m)
+    return m
+
+
+def norm_path(path: str) -> str:
+    return re.sub(r"\[\d+\]", "[*]", path)
+
+
+def refusal_explained(info: KindInfo, version: str, cause: dict[str, Any], *, allow_refused_fields: bool) -> bool:
+    """Whether Kaip's refusal `cause` (a `details.causes[]` entry) is documented: a refused upstream field in the
+    support matrix, or one of EXTRA_RULES."""
+    path = norm_path(cause.get("field", ""))
+    message = cause.get("message", "")
+    if allow_refused_fields and path in matrix_cached(info.key, version).refused:
+        return True
+    return any(norm_path(r.path) == path and r.message in message for r in EXTRA_RULES.get(info.key, ()))
+
+
+@functools.cache
+def matrix_cached(key: str, version: str) -> Matrix:
+    return matrix(REGISTRY.by_key(key), version)
+
+
+# ---- Kaip's side ----------------------------------------------------------------------------------------------
+
+def kaip_validate(info: KindInfo, doc: dict[str, Any]) -> tuple[dict[str, Any] | None, ApiError | None]:
+    """Kaip's admission of `doc` as the API server does it (schema validation and defaulting), in-process."""
+    doc = copy.deepcopy(doc)
+    version = str(doc.get("apiVersion", "")).rpartition("/")[2]
+    try:
+        if version != info.version and version in info.other_versions:
+            to_storage, _ = info.other_versions[version]  # as the resource API converts before validating
+            doc = to_storage(doc)
+            doc["apiVersion"] = info.api_version
+        namespace = ((doc.get("metadata") or {}).get("namespace") or "default") if info.namespaced else None
+        return validate_document(info, doc, namespace=namespace), None
+    except ApiError as err:
+        return None, err
+
+
+def causes(err: ApiError) -> list[dict[str, Any]]:
+    status = err.to_status()
+    return list((status.get("details") or {}).get("causes") or [{"field": "", "message": status["message"]}])
+
+
+def envelope(info: KindInfo, version: str, body: dict[str, Any], name: str = "conformance") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if info.namespaced:
+        meta["namespace"] = "default"
+    return {"apiVersion": info.api_version_for(version), "kind": info.kind, "metadata": meta, **body}
+
+
+# ---- manifests in the repository ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str  # file (and document index) it came from
+    doc: dict[str, Any]
+    example: bool  # under examples/ (must be valid) rather than a test (may be deliberately invalid)
+
+
+def _yaml_docs(text: str) -> Iterator[dict[str, Any]]:
+    try:
+        for doc in yaml.safe_load_all(text):
+            if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
+                yield doc
+    except yaml.YAMLError:
+        return
+
+
+def _python_manifests(path: Path) -> Iterator[dict[str, Any]]:
+    """Literal dicts with apiVersion and kind, and YAML strings, in a test module."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            if {"apiVersion", "kind"} <= keys:
+                try:
+                    value = ast.literal_eval(node)
+                except ValueError:
+                    continue
+                if isinstance(value.get("apiVersion"), str) and isinstance(value.get("kind"), str):
+                    yield value
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "apiVersion:" in node.value:
+            yield from _yaml_docs(node.value)
+
+
+@functools.cache
+def repository_manifests() -> tuple[Manifest, ...]:
+    out: list[Manifest] = []
+    for path in sorted((ROOT / "examples").rglob("*.y*ml")):
+        for i, doc in enumerate(_yaml_docs(path.read_text())):
+            out.append(Manifest(f"{path.relative_to(ROOT)}#{i}", doc, example=True))
+    for path in sorted((ROOT / "tests").rglob("*")):
+        if path.suffix in (".yaml", ".yml"):
+            docs = list(_yaml_docs(path.read_text()))
+        elif path.suffix == ".py" and "conformance" not in path.parts:
+            docs = list(_python_manifests(path))
+        else:
+            continue
+        out += [Manifest(f"{path.relative_to(ROOT)}#{i}", d, example=False) for i, d in enumerate(docs)]
+    return tuple(out)
+
+
+def manifests_of(info: KindInfo) -> list[Manifest]:
+    return [m for m in repository_manifests() if m.doc.get("kind") == info.kind
+            and m.doc.get("apiVersion", "").rpartition("/")[0] == info.group]
+
+
+# ---- generation and defaulting --------------------------------------------------------------------------------
+
+def body_schema(info: KindInfo, version: str, depth: int, *, implemented_only: bool) -> dict[str, Any]:
+    """A bounded JSON Schema of the body (all but the envelope) to generate from: upstream's whole schema, or only
+    the fields Kaip implements (then every document should be accepted, except for EXTRA_RULES)."""
+    schema = object_schema(info, version)
+    body = {"type": "object", "additionalProperties": False,
+            "properties": {k: v for k, v in schema["properties"].items()
+                           if k not in ("apiVersion", "kind", "metadata", "status")},
+            "required": [r for r in schema.get("required", ()) if r not in ("apiVersion", "kind", "metadata")]}
+    if not body["required"]:
+        body.pop("required")
+    implemented = set(matrix_cached(info.key, version).implemented)
+    keep = (lambda p: p in implemented) if implemented_only else None
+    return bounded(body, depth, keep=keep)
+
+
+def defaulted(schema: dict[str, Any], value: Any) -> Any:
+    """`value` with upstream's defaults applied inside it, as the API server does (recursively, into objects and
+    list items; an object's own default first, then its properties' defaults)."""
+    if isinstance(value, dict):
+        out = dict(value)
+        for name, sub in (schema.get("properties") or {}).items():
+            if name not in out and "default" in sub:
+                out[name] = copy.deepcopy(sub["default"])
+            if name in out:
+                out[name] = defaulted(sub, out[name])
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [defaulted(schema["items"], v) for v in value]
+    return value
+
+
+def default_mismatches(schema: dict[str, Any], given: Any, stored: Any, implemented: set[str],
+                       path: str = "") -> list[str]:
+    """Where Kaip's stored object and upstream's `default:`s disagree: a field Kaip filled in that upstream has no
+    such default for, or an upstream default Kaip did not apply to an implemented field."""
+    out: list[str] = []
+    if isinstance(given, dict) and isinstance(stored, dict):
+        props = schema.get("properties") or {}
+        for name, sub in props.items():
+            sub_path = f"{path}.{name}" if path else name
+            if name in given:
+                if name in stored:
+                    out += default_mismatches(sub, given[name], stored[name], implemented, sub_path)
+            elif name in stored:
+                if "default" not in sub:
+                    out.append(f"{sub_path}: Kaip stores {stored[name]!r}, upstream defines no default")
+                elif stored[name] != (expected := defaulted(sub, sub["default"])):
+                    out.append(f"{sub_path}: Kaip defaults to {stored[name]!r}, upstream to {expected!r}")
+            elif "default" in sub and sub_path in implemented:
+                out.append(f"{sub_path}: upstream defaults to {sub['default']!r}, Kaip stores nothing")
+    elif isinstance(given, list) and isinstance(stored, list) and isinstance(schema.get("items"), dict):
+        for g, s in zip(given, stored, strict=False):
+            out += default_mismatches(schema["items"], g, s, implemented, f"{path}[*]")
+    return out
+
+
+def drop_fields(doc: dict[str, Any], paths: list[str]) -> dict[str, Any] | None:
+    """`doc` without the fields at `paths` (`spec.containers[0].ports`), or None when one is not a field below
+    the top level (a rule about a whole object cannot be repaired by dropping a field)."""
+    out = copy.deepcopy(doc)
+    for path in paths:
+        parts: list[Any] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+        if len(parts) < 2:
+            return None
+        node: Any = out
+        try:
+            for p in parts[:-1]:
+                node = node[p]
+            del node[parts[-1]]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return out
+
+
+def mutation_leaks(info: KindInfo, version: str, doc: dict[str, Any], limit: int | None = None
+                   ) -> tuple[int, list[str]]:
+    """Single-point mutations of `doc` that upstream's schema rejects, tried on Kaip (up to `limit`): how many were
+    tried, and each one Kaip accepted, with upstream's reason."""
+    from conformance.mutations import mutants
+
+    tried, leaks = 0, []
+    for mutant in mutants(doc, object_schema(info, version)):
+        if limit is not None and tried >= limit:
+            break
+        reasons = upstream_errors(info, version, mutant.doc)
+        if not reasons:
+            continue  # still valid upstream (e.g. a bound the value happens to meet)
+        tried += 1
+        accepted, _ = kaip_validate(info, mutant.doc)
+        if accepted is not None:
+            leaks.append(f"{mutant.what} (upstream: {reasons[0]})")
+    return tried, leaks
+
+
+def empty_object_probes(schema: dict[str, Any], doc: dict[str, Any], implemented: set[str]
+                        ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`doc` with one absent implemented object field set to `{}` (where defaults inside it would show), each."""
+
+    def walk(node: Any, sub: dict[str, Any], path: tuple[Any, ...], dotted: str) -> Iterator[tuple[str, Any]]:
+        if isinstance(node, dict):
+            for name, prop in (sub.get("properties") or {}).items():
+                p = f"{dotted}.{name}" if dotted else name
+                if name in node:
+                    yield from walk(node[name], prop, (*path, name), p)
+                elif prop.get("type") == "object" and p in implemented:
+                    out = copy.deepcopy(doc)
+                    target: Any = out
+                    for part in path:
+                        target = target[part]
+                    target[name] = {}
+                    yield p, out
+        elif isinstance(node, list) and isinstance(sub.get("items"), dict):
+            for i, item in enumerate(node):
+                yield from walk(item, sub["items"], (*path, i), f"{dotted}[*]")
+
+    body = {"properties": {k: v for k, v in schema["properties"].items() if k not in ("apiVersion", "kind",
+                                                                                       "metadata", "status")}}
+    yield from walk(doc, body, (), "")
+
+
+def minimal(schema: dict[str, Any]) -> Any:
+    """A small instance of `schema`: required properties only, the first enum value, the lower bound."""
+    if "enum" in schema:
+        return copy.deepcopy(schema["enum"][0])
+    if "anyOf" in schema:
+        return minimal({**{k: v for k, v in schema.items() if k != "anyOf"}, **schema["anyOf"][0]})
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next(t for t in kind if t != "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {r: minimal(props[r]) for r in schema.get("required", ()) if r in props}
+    if kind == "array":
+        return [minimal(schema.get("items") or {}) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        validator = jsonschema.Draft7Validator(schema)
+        for value in ("a", "a1", "1", "a-b", "a.b", "A", "a" * max(1, schema.get("minLength", 1))):
+            if validator.is_valid(value):
+                return value
+        return "a"
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", 0)
+        return low + 1 if schema.get("exclusiveMinimum") else low
+    if kind == "boolean":
+        return False
+    return {}
+
+
+def with_path(doc: dict[str, Any], schema: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """`doc` with the field at `path` (`spec.containers[*].env[*].valueFrom`) present: what is missing on the way
+    is created as `minimal`, one item for a list. None when `path` is already there or not in the schema."""
+    parts = re.findall(r"[^.\[\]]+|\[\*\]", path)
+    out = copy.deepcopy(doc)
+    node: Any = out
+    sub = schema
+    created = False
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "[*]":
+            sub = sub.get("items") or {}
+            if not isinstance(node, list):
+                return None
+            if not node:
+                node.append(minimal(sub))
+                created = True
+            node = node[0]
+            continue
+        props = sub.get("properties") or {}
+        if part not in props or not isinstance(node, dict):
+            return None
+        sub = props[part]
+        if part not in node:
+            node[part] = minimal(sub)
+            created = True
+            if sub.get("type") == "array" and not node[part] and not last:
+                node[part].append(minimal(sub.get("items") or {}))
+        node = node[part]
+    return out if created else None

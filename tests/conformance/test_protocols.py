@@ -1,0 +1,284 @@
+"""Protocols against upstream's OpenAPI documents: the Open Inference v2 endpoints of a live sklearn
+InferenceService (open-inference-protocol/open_inference_rest.yaml), and the error answers of the guardrails
+Detectors API (fms-guardrails-orchestrator/openapi_detector_api.yaml; tests/test_guardrails_api.py validates
+its success answers and the orchestrator's). Besides fixed requests, requests generated from upstream's request
+schemas must never get a 5xx, and every answer must match the response schema for its status."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
+
+import serving_fixtures
+from conformance.harness import OPENAPI
+from kaip.testing.live import LiveServer
+from serving_fixtures import apply_isvc, build_iris_model, isvc_doc, wait_ready
+
+serving_server = serving_fixtures.serving_server  # a live server for this module (a fixture)
+pytestmark = pytest.mark.slow
+
+OIP = OPENAPI / "open-inference-protocol" / "open_inference_rest.yaml"
+DETECTORS = OPENAPI / "fms-guardrails-orchestrator" / "openapi_detector_api.yaml"
+BASE = "/serving/default/iris"
+ROWS = [[6.8, 2.8, 4.8, 1.4], [5.1, 3.5, 1.4, 0.2]]
+GENERATED = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+
+
+@functools.cache
+def _document(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def schema_of(path: Path, name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}", "components": _document(path)["components"]}
+
+
+def conforms(path: Path, name: str, instance: Any) -> None:
+    errors = sorted(jsonschema.Draft7Validator(schema_of(path, name)).iter_errors(instance), key=str)
+    assert not errors, f"{name}: {errors[0].message} at {list(errors[0].absolute_path)} in {instance!r}"
+
+
+def response_schema(path: Path, route: str, method: str, status: int) -> str | None:
+    """The component a response of `route` with `status` must match, from the document's `paths`."""
+    op = _document(path)["paths"][route][method]
+    ref = (((op["responses"].get(str(status)) or {}).get("content") or {}).get("application/json") or {}).get(
+        "schema", {}).get("$ref", "")
+    return ref.rpartition("/")[2] or None
+
+
+# ---- Open Inference v2 ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(serving_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    folder = build_iris_model(tmp_path_factory.mktemp("models") / "iris")
+    with serving_server.client() as c:
+        apply_isvc(c, isvc_doc("iris", {"minReplicas": 1, "model": {"modelFormat": {"name": "sklearn"},
+                                                                    "protocolVersion": "v2",
+                                                                    "storageUri": str(folder)}}))
+        wait_ready(c, "iris")
+        yield c
+
+
+INFER = "/v2/models/${MODEL_NAME}/versions/${MODEL_VERSION}/infer"
+
+
+def test_health_and_metadata(client: httpx.Client) -> None:
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/iris/ready"):
+        assert client.get(BASE + path).status_code == 200, path
+    server = client.get(BASE + "/v2")
+    assert server.status_code == 200, server.text
+    conforms(OIP, "metadata_server_response", server.json())
+    for path in ("/v2/models/iris", "/v2/models/iris/versions/1"):
+        model = client.get(BASE + path)
+        assert model.status_code == 200, (path, model.text)
+        conforms(OIP, "metadata_model_response", model.json())
+        assert model.json()["name"] == "iris"
+
+
+@pytest.mark.parametrize("request_body", [
+    {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": sum(ROWS, [])}]},
+    {"id": "42", "inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": ROWS}],
+     "outputs": [{"name": "output-0"}]},
+    {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32", "data": [7, 3, 5, 2],
+                 "parameters": {"content_type": "np"}}], "parameters": {"custom": "x"}},
+], ids=["flat", "nested-with-id-and-outputs", "int-with-parameters"])
+@pytest.mark.parametrize("path", ["/v2/models/iris/infer", "/v2/models/iris/versions/1/infer"])
+def test_infer_responses_conform(client: httpx.Client, request_body: dict[str, Any], path: str) -> None:
+    conforms(OIP, "inference_request", request_body)  # the request is upstream's shape too
+    resp = client.post(BASE + path, json=request_body)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    conforms(OIP, "inference_response", body)
+    assert body["model_name"] == "iris"
+    if "id" in request_body:
+        assert body["id"] == request_body["id"]
+    (out,) = body["outputs"]
+    assert out["shape"][0] == request_body["inputs"][0]["shape"][0]
+
+
+@pytest.mark.parametrize(("path", "request_body", "status"), [
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32",
+                                           "data": [1, 2, 3]}]}, 400),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32",
+                                           "data": [1.5, 2, 3, 4]}]}, 400),
+    ("/v2/models/iris/infer", {"inputs": "not a list"}, 400),
+    ("/v2/models/iris/infer", {}, 400),
+    ("/v2/models/nope/infer", {"inputs": []}, 404),
+])
+def test_infer_errors_conform(client: httpx.Client, path: str, request_body: Any, status: int) -> None:
+    resp = client.post(BASE + path, json=request_body)
+    assert resp.status_code == status, resp.text
+    conforms(OIP, "inference_error_response", resp.json())
+    assert resp.json()["error"]
+
+
+def _bounded_request_schema() -> dict[str, Any]:
+    """inference_request with its recursive tensor_data unrolled two levels and lists kept short."""
+    doc = copy.deepcopy(_document(OIP)["components"])
+    scalars = [{"type": "number"}, {"type": "string", "maxLength": 4}, {"type": "boolean"}]
+    doc["schemas"]["tensor_data"] = {"type": "array", "maxItems": 8, "items": {"anyOf": [
+        *scalars, {"type": "array", "maxItems": 4, "items": {"anyOf": scalars}}]}}
+    for name in ("request_input", "request_output"):
+        doc["schemas"][name]["properties"]["name"] = {"enum": ["input-0", "output-0", "x"]}
+    doc["schemas"]["request_input"]["properties"]["shape"] = {"type": "array", "maxItems": 3,
+                                                              "items": {"type": "integer", "minimum": -1,
+                                                                        "maximum": 8}}
+    doc["schemas"]["request_input"]["properties"]["datatype"] = {
+        "enum": ["BOOL", "UINT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "nonsense"]}
+    doc["schemas"]["parameters"] = {"type": "object", "maxProperties": 2,
+                                    "additionalProperties": {"type": ["string", "integer", "boolean"]}}
+    for name in ("inference_request",):
+        doc["schemas"][name]["properties"]["inputs"]["maxItems"] = 2
+        doc["schemas"][name]["properties"]["outputs"]["maxItems"] = 2
+    return {"$ref": "#/components/schemas/inference_request", "components": doc}
+
+
+@GENERATED
+@given(body=from_schema(_bounded_request_schema()))
+def test_generated_infer_requests_never_5xx(client: httpx.Client, body: dict[str, Any]) -> None:
+    conforms(OIP, "inference_request", body)
+    resp = client.post(BASE + "/v2/models/iris/infer", json=body)
+    assert resp.status_code < 500, (body, resp.text)
+    if resp.status_code == 200:
+        conforms(OIP, "inference_response", resp.json())
+    else:
+        assert resp.status_code in (400, 422), (body, resp.text)
+        conforms(OIP, "inference_error_response", resp.json())
+
+
+def test_oip_paths_are_all_served(client: httpx.Client) -> None:
+    """Every path of the upstream document answers (with the model's name and a version filled in)."""
+    for route, ops in _document(OIP)["paths"].items():
+        path = route.replace("${MODEL_NAME}", "iris").replace("${MODEL_VERSION}", "1").rstrip("/")
+        for method in ops:
+            if method == "get":
+                resp = client.get(BASE + path)
+            elif method == "post":
+                resp = client.post(BASE + path, json={"inputs": [{"name": "input-0", "shape": [1, 4],
+                                                                  "datatype": "FP32", "data": ROWS[0]}]})
+            else:
+                continue
+            assert resp.status_code == 200, (route, resp.text)
+            name = response_schema(OIP, route, method, 200)
+            if name:
+                conforms(OIP, name, resp.json())
+
+
+# ---- Detectors API: error answers and generated requests -------------------------------------------------------
+
+DETECTOR_ROUTES = {"/api/v1/text/contents": "ContentAnalysisHttpRequest",
+                   "/api/v1/text/chat": "ChatAnalysisHttpRequest",
+                   "/api/v1/text/generation": "GenerationAnalysisHttpRequest",
+                   "/api/v1/text/context/doc": "ContextAnalysisHttpRequest"}
+
+
+def _detector_request_schema(name: str) -> dict[str, Any]:
+    doc = copy.deepcopy(_document(DETECTORS)["components"])
+    for schema in doc["schemas"].values():
+        if schema.get("type") == "array":
+            schema["maxItems"] = 3
+        for prop in (schema.get("properties") or {}).values():
+            if prop.get("type") == "string":
+                prop["maxLength"] = 40
+            if prop.get("type") == "array":
+                prop["maxItems"] = 3
+                if (prop.get("items") or {}).get("type") == "string":
+                    prop["items"]["maxLength"] = 40
+            if prop.get("type") == "object" and "properties" not in prop:
+                prop["maxProperties"] = 0  # detector_params: none (their values are detector-specific)
+    # The chat request's messages and tools point at OpenAI's document (not kept here): a message of OpenAI's
+    # shape, and no tools.
+    chat = doc["schemas"]["ChatAnalysisHttpRequest"]["properties"]
+    chat["messages"]["items"] = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
+                                 "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]},
+                                                "content": {"type": "string", "maxLength": 40}}}
+    chat.pop("tools", None)
+    return {"$ref": f"#/components/schemas/{name}", "components": doc}
+
+
+@pytest.mark.parametrize(("headers", "status"), [({"detector-id": "no-such"}, 404), ({}, 422)],
+                         ids=["unknown-detector", "missing-header"])
+@pytest.mark.parametrize("route", list(DETECTOR_ROUTES))
+def test_detector_errors_conform(serving_server: LiveServer, route: str, headers: dict[str, str],
+                                 status: int) -> None:
+    with serving_server.client() as c:
+        resp = c.post(route, headers=headers, json={"contents": ["x"]})
+    assert resp.status_code == status, resp.text
+    assert response_schema(DETECTORS, route, "post", status) == "Error"
+    conforms(DETECTORS, "Error", resp.json())
+
+
+@pytest.mark.parametrize("route", list(DETECTOR_ROUTES))
+@settings(GENERATED, max_examples=10)
+@given(data=st.data())
+def test_generated_detector_requests_never_5xx(serving_server: LiveServer, route: str, data: st.DataObject) -> None:
+    body = data.draw(from_schema(_detector_request_schema(DETECTOR_ROUTES[route])), label="body")
+    detector = data.draw(st.sampled_from(["pii", "built-in-detector", "prompt-injection"]), label="detector")
+    with serving_server.client() as c:
+        resp = c.post(route, headers={"detector-id": detector}, json=body)
+    assert resp.status_code < 500, (body, resp.text)
+    if resp.status_code == 200:
+        assert isinstance(resp.json(), list)
+    else:
+        assert resp.status_code in (400, 404, 422), resp.text
+        conforms(DETECTORS, "Error", resp.json())
+
+
+# ---- Orchestrator API: generated detection requests ------------------------------------------------------------
+
+ORCH = OPENAPI / "fms-guardrails-orchestrator" / "orchestrator_openapi_0_1_0.yaml"
+DETECTION_ROUTES = {"/api/v2/text/detection/content": "DetectionContentRequest",
+                    "/api/v2/text/detection/chat": "DetectionChatRequest",
+                    "/api/v2/text/detection/generated": "GeneratedTextDetectionRequest",
+                    "/api/v2/text/detection/context": "DetectionContextDocsRequest"}
+BUILT_IN_DETECTORS = ["pii", "built-in-detector", "hap", "prompt-injection", "no-such-detector"]
+
+
+def _detection_request_schema(name: str) -> dict[str, Any]:
+    """Upstream's request schema, with detectors drawn from Kaip's built-ins (and one unknown id), no parameters,
+    short strings, and OpenAI's message shape in place of the remote reference."""
+    doc = copy.deepcopy(_document(ORCH)["components"])
+    schema = doc["schemas"][name]
+    schema["type"] = "object"  # some of upstream's request schemas leave it implicit
+    for prop in schema["properties"].values():
+        if prop.get("type") == "string":
+            prop["maxLength"] = 40
+        if prop.get("type") == "array":
+            prop["maxItems"] = 3
+    schema["properties"]["detectors"] = {"type": "object", "maxProperties": 2, "additionalProperties": False,
+                                         "properties": {d: {"type": "object", "maxProperties": 0}
+                                                        for d in BUILT_IN_DETECTORS}}
+    if "messages" in schema["properties"]:
+        schema["properties"]["messages"]["items"] = {
+            "type": "object", "required": ["role", "content"], "additionalProperties": False,
+            "properties": {"role": {"enum": ["system", "user", "assistant"]},
+                           "content": {"type": "string", "maxLength": 40}}}
+        schema["properties"].pop("tools", None)
+    return {"$ref": f"#/components/schemas/{name}", "components": doc}
+
+
+@pytest.mark.parametrize("route", list(DETECTION_ROUTES))
+@settings(GENERATED, max_examples=10)
+@given(data=st.data())
+def test_generated_detection_requests_answer_as_documented(serving_server: LiveServer, route: str,
+                                                           data: st.DataObject) -> None:
+    body = data.draw(from_schema(_detection_request_schema(DETECTION_ROUTES[route])), label="body")
+    with serving_server.client() as c:
+        resp = c.post(route, json=body)
+    documented = {int(s) for s in _document(ORCH)["paths"][route]["post"]["responses"]}
+    assert resp.status_code in documented, (body, resp.status_code, resp.text)
+    name = response_schema(ORCH, route, "post", resp.status_code)
+    assert name is not None
+    conforms(ORCH, name, resp.json())
