@@ -8,6 +8,7 @@ reason the config was refused, `url` (`/serving/{namespace}/{name}`, set once th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,11 +23,37 @@ RETRY_SECONDS = 10.0
 
 
 def configmap_owners(store: Store) -> Mapper:
-    """A ConfigMap's change maps to the GuardrailsOrchestrators in its namespace that name it."""
+    """A ConfigMap's change maps to the GuardrailsOrchestrators in its namespace that name it.
+
+    Every ConfigMap write passes through here, so the orchestrators are indexed by (namespace, ConfigMap) once and
+    the index is rebuilt only after an orchestrator changes, instead of listing them per write."""
+    lock = threading.Lock()
+    index: dict[tuple[str, str], list[str]] | None = None
+    generation = 0  # bumped by every orchestrator change: an index built across one is not kept
+
+    def invalidate(_rv: int, kind_key: str) -> None:
+        nonlocal index, generation
+        if kind_key == GUARDRAILS_ORCHESTRATOR.key:
+            with lock:
+                index = None
+                generation += 1
+
+    store.add_listener(invalidate)
+
     def mapper(change: Change) -> Iterable[Key]:
-        items, _ = store.list(GUARDRAILS_ORCHESTRATOR, change.namespace)
-        return [(change.namespace, g["metadata"]["name"]) for g in items
-                if g["spec"].get("orchestratorConfig") == change.name]
+        nonlocal index
+        with lock:
+            current, seen = index, generation
+        if current is None:
+            items, _ = store.list(GUARDRAILS_ORCHESTRATOR)
+            current = {}
+            for g in items:
+                key = (g["metadata"]["namespace"], g["spec"].get("orchestratorConfig") or "")
+                current.setdefault(key, []).append(g["metadata"]["name"])
+            with lock:
+                if generation == seen:
+                    index = current
+        return [(change.namespace, name) for name in current.get((change.namespace, change.name), [])]
     return mapper
 
 
