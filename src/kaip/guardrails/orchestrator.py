@@ -348,6 +348,12 @@ class Orchestrator:
         except BackendError as err:
             raise OrchestratorError(err.status if err.status in (400, 404, 422, 503) else 500,
                                     f"chat completion request failed for `{request.get('model', '')}`: {err}") from err
+        return await self.guard_chat_answer(completion, request, outputs, outcome, index)
+
+    async def guard_chat_answer(self, completion: dict[str, Any], request: dict[str, Any], outputs: list[Selected],
+                                outcome: Outcome | None, index: int) -> dict[str, Any]:
+        """A chat completion from the model with the output policy applied: each choice's text checked, blocked
+        text replaced by the fallback, redacted spans replaced; detections and warnings added."""
         detections: dict[str, Any] = {}
         warnings: list[dict[str, str]] = []
         if outcome is not None and outcome.detections:
@@ -411,31 +417,42 @@ class Orchestrator:
             yield {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion.chunk", "created": int(time.time()),
                    "model": request.get("model") or "", "choices": [],
                    "detections": {INPUT: [{"message_index": index, "results": outcome.results()}]}}
-        windows: dict[int, Window] = {}
-        stopped: set[int] = set()
-        last: dict[str, Any] = {}
         try:
-            async for chunk in backend.stream_chat(request):
-                last = chunk
-                for choice in chunk.get("choices") or []:
-                    i = choice.get("index", 0)
-                    if i in stopped:
-                        continue
-                    window = windows.setdefault(i, Window())
-                    delta = choice.get("delta") or {}
-                    ready = window.feed(delta.get("content") or "")
-                    if choice.get("finish_reason"):
-                        ready += window.flush()
-                    async for out in self._release(chunk, i, ready, outputs, request, stopped,
-                                                   choice.get("finish_reason"), delta.get("role")):
-                        yield out
-            for i, window in windows.items():
-                if i not in stopped:
-                    async for out in self._release(last, i, window.flush(), outputs, request, stopped, None, None):
-                        yield out
+            async for out in self.guard_chat_chunks(backend.stream_chat(request), request, outputs):
+                yield out
         except BackendError as err:
             raise OrchestratorError(err.status if err.status in (400, 404, 422, 503) else 500,
                                     f"chat completion request failed for `{request.get('model', '')}`: {err}") from err
+
+    async def guard_chat_chunks(self, chunks: AsyncIterator[dict[str, Any]], request: dict[str, Any],
+                                outputs: list[Selected]) -> AsyncIterator[dict[str, Any]]:
+        """Streamed chat chunks from the model with the output policy applied, one window at a time. Chunks
+        without choices (a usage chunk) pass through."""
+        windows: dict[int, Window] = {}
+        stopped: set[int] = set()
+        last: dict[str, Any] = {}
+        async for chunk in chunks:
+            if not chunk.get("choices"):
+                if chunk.get("usage") is not None:
+                    yield chunk
+                continue
+            last = chunk
+            for choice in chunk.get("choices") or []:
+                i = choice.get("index", 0)
+                if i in stopped:
+                    continue
+                window = windows.setdefault(i, Window())
+                delta = choice.get("delta") or {}
+                ready = window.feed(delta.get("content") or "")
+                if choice.get("finish_reason"):
+                    ready += window.flush()
+                async for out in self._release(chunk, i, ready, outputs, request, stopped,
+                                               choice.get("finish_reason"), delta.get("role")):
+                    yield out
+        for i, window in windows.items():
+            if i not in stopped:
+                async for out in self._release(last, i, window.flush(), outputs, request, stopped, None, None):
+                    yield out
 
     async def _release(self, chunk: dict[str, Any], index: int, segments: list[str], outputs: list[Selected],
                        request: dict[str, Any], stopped: set[int], finish_reason: str | None,
@@ -477,16 +494,10 @@ class Orchestrator:
             request["model"] = self.config.model
         backend = self._backend()
         detections: dict[str, Any] = {}
-        warnings: list[dict[str, str]] = []
         if inputs:
             outcome = await run_in_threadpool(self.run_contents, inputs, request["prompt"], INPUT)
             if outcome.blocked:
-                tokens = len(request["prompt"].split())
-                return {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),
-                        "model": request.get("model") or "", "choices": [],
-                        "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
-                        "detections": {INPUT: [{"results": outcome.results()}]},
-                        "warnings": [{"type": "UNSUITABLE_INPUT", "message": UNSUITABLE_INPUT_MESSAGE}]}
+                return self.blocked_completion(request, outcome)
             if outcome.detections:
                 detections[INPUT] = [{"results": outcome.results()}]
                 if outcome.to_redact():
@@ -496,6 +507,21 @@ class Orchestrator:
         except BackendError as err:
             raise OrchestratorError(err.status if err.status in (400, 404, 422, 503) else 500,
                                     f"completion request failed for `{request.get('model', '')}`: {err}") from err
+        return await self.guard_completion_answer(completion, outputs, detections)
+
+    @staticmethod
+    def blocked_completion(request: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+        tokens = len(str(request.get("prompt") or "").split())
+        return {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),
+                "model": request.get("model") or "", "choices": [],
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+                "detections": {INPUT: [{"results": outcome.results()}]},
+                "warnings": [{"type": "UNSUITABLE_INPUT", "message": UNSUITABLE_INPUT_MESSAGE}]}
+
+    async def guard_completion_answer(self, completion: dict[str, Any], outputs: list[Selected],
+                                      detections: dict[str, Any]) -> dict[str, Any]:
+        """A text completion from the model with the output policy applied (as `guard_chat_answer`)."""
+        warnings: list[dict[str, str]] = []
         output_results = []
         for choice in completion.get("choices") or []:
             text = choice.get("text") or ""

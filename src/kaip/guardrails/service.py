@@ -5,10 +5,12 @@ detection counter `kaip_guardrail_detections_total{detector, direction, action}`
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from dataclasses import replace
 from typing import Any
 
+import yaml
 from prometheus_client import CollectorRegistry, Counter
 
 from kaip.api.core import CONFIGMAP
@@ -18,6 +20,10 @@ from kaip.guardrails.config import CONFIG_KEY, ConfigError, ParsedConfig, parse_
 from kaip.guardrails.orchestrator import Orchestrator, OrchestratorConfig, OrchestratorError
 from kaip.guardrails.registry import builtin_registry
 from kaip.store.store import Store
+
+# Sent by an orchestrator calling its InferenceService through the gateway, so that the call is not guarded twice.
+# Its value is a per-process secret; the gateway never forwards it to a replica.
+INTERNAL_HEADER = "x-kaip-guardrails-internal"
 
 
 class GuardrailsService:
@@ -33,6 +39,9 @@ class GuardrailsService:
         self._cache: dict[tuple[str, str], tuple[tuple[str, str], ParsedConfig]] = {}
         # Which (namespace, name) are orchestrators, asked on the serving hot path: cached until one changes.
         self._known: dict[tuple[str, str], bool] = {}
+        # Which GuardrailsOrchestrator guards an InferenceService (`kaip.inferenceService`), "" for none.
+        self._guards: dict[tuple[str, str], str] = {}
+        self.internal_secret = secrets.token_hex(24)
         store.add_listener(self._on_change)
 
     def record(self, detector: str, direction: str, action: str, count: int) -> None:
@@ -84,6 +93,7 @@ class GuardrailsService:
         if parsed.inference_service:
             if "authorization" in lowered:
                 passed["Authorization"] = lowered["authorization"]
+            passed[INTERNAL_HEADER] = self.internal_secret
             backend = OpenAIBackend(f"{base_url.rstrip('/')}/serving/{namespace}/{parsed.inference_service}/v1",
                                     headers=passed)
         elif isinstance(backend, OpenAIBackend) and passed:
@@ -94,6 +104,33 @@ class GuardrailsService:
         if kind_key == GUARDRAILS_ORCHESTRATOR.key:
             with self._lock:
                 self._known.clear()
+                self._guards.clear()
+        elif kind_key == CONFIGMAP.key:
+            with self._lock:
+                self._guards.clear()
+
+    def guard_cached(self, namespace: str, isvc: str) -> str | None:
+        with self._lock:
+            return self._guards.get((namespace, isvc))
+
+    def guard_for(self, namespace: str, isvc: str) -> str:
+        """The GuardrailsOrchestrator whose config names this InferenceService (`kaip.inferenceService`), or "".
+        Read from the raw YAML, so that a config with an error still guards (and the hook refuses: fail closed)."""
+        found = ""
+        for gorch in sorted(self.store.list(GUARDRAILS_ORCHESTRATOR, namespace)[0],
+                            key=lambda o: o["metadata"]["name"]):
+            cm = self.store.try_get(CONFIGMAP, namespace, (gorch.get("spec") or {}).get("orchestratorConfig") or "")
+            try:
+                doc = yaml.safe_load(((cm or {}).get("data") or {}).get(CONFIG_KEY) or "") or {}
+            except yaml.YAMLError:
+                continue
+            kaip = doc.get("kaip") if isinstance(doc, dict) else None
+            if isinstance(kaip, dict) and kaip.get("inferenceService") == isvc:
+                found = gorch["metadata"]["name"]
+                break
+        with self._lock:
+            self._guards[(namespace, isvc)] = found
+        return found
 
     def known_cached(self, namespace: str, name: str) -> bool | None:
         with self._lock:

@@ -11,17 +11,22 @@ way out.
 
 Request hooks (`Gateway.hooks`) let other subsystems take part without the gateway knowing them: a hook may rewrite
 the request body before it is forwarded and return a function that rewrites a JSON response (knowledge bases add
-retrieved context to a chat request and its sources to the answer).
+retrieved context to a chat request and its sources to the answer). A hook may also answer in place of the model
+(a `Reply`: nothing is forwarded) and return a `Rewrite`: a JSON transform (sync or async), a transform of a
+streamed (`text/event-stream`) answer's bytes, and a transform of the prediction-log record (guardrails redact
+what is logged and add their detections). Headers in `Gateway.private_headers` are never forwarded to a replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -45,12 +50,32 @@ LOG_CAPTURE_LIMIT = 1024 * 1024
 REVISION_HEADER = b"x-kaip-revision"  # which revision answered: lets clients and tests see the split
 
 
-JsonTransform = Callable[[Any], Any]
+JsonTransform = Callable[[Any], Any]  # may return an awaitable
+StreamTransform = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+RecordTransform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class Reply:
+    """A hook's own answer, sent instead of forwarding the request (the model is not called)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass
+class Rewrite:
+    """What a hook changes on the way back: a whole JSON answer, a streamed answer, the prediction-log record."""
+
+    json: JsonTransform | None = None
+    stream: StreamTransform | None = None
+    record: RecordTransform | None = None
 
 
 class RequestHook(Protocol):
     async def request(self, route: Route, path: str, body: bytes, user: str | None,
-                      headers: dict[str, str]) -> tuple[bytes, JsonTransform | None]: ...
+                      headers: dict[str, str]) -> tuple[bytes | Reply, JsonTransform | Rewrite | None]: ...
 
 
 class GatewayError(Exception):
@@ -76,6 +101,7 @@ class Gateway:
         self._clients: dict[int, aiohttp.ClientSession] = {}
         self._freed: dict[tuple[str, str], asyncio.Event] = {}
         self.hooks: list[RequestHook] = []
+        self.private_headers: set[bytes] = set()  # lower-case names; seen by hooks, never forwarded
         self._turn = 0
 
     def _client(self) -> aiohttp.ClientSession:
@@ -198,25 +224,43 @@ class Gateway:
             ev.clear()
 
     async def _apply_hooks(self, scope: Scope, route: Route, rest: str, body: bytes,
-                           user: str | None) -> tuple[bytes, list[JsonTransform]]:
-        transforms: list[JsonTransform] = []
+                           user: str | None) -> tuple[bytes | Reply, list[Rewrite]]:
+        rewrites: list[Rewrite] = []
         if not self.hooks or scope["method"] != "POST":
-            return body, transforms
+            return body, rewrites
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         for hook in self.hooks:
             try:
-                body, transform = await hook.request(route, rest, body, user, headers)
+                result, transform = await hook.request(route, rest, body, user, headers)
             except errors.ApiError as err:
                 raise GatewayError(err.code, err.message) from err
             if transform is not None:
-                transforms.append(transform)
-        return body, transforms
+                rewrites.append(transform if isinstance(transform, Rewrite) else Rewrite(json=transform))
+            if isinstance(result, Reply):
+                return result, rewrites
+            body = result
+        return body, rewrites
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route, rest: str,
                      user: str | None = None) -> None:
         started = time.monotonic()
-        body = await self._read_body(receive)
-        body, transforms = await self._apply_hooks(scope, route, rest, body, user)
+        original = await self._read_body(receive)
+        hooked, rewrites = await self._apply_hooks(scope, route, rest, original, user)
+        records = [r.record for r in rewrites if r.record is not None]
+        req_headers = [(k, v) for k, v in scope.get("headers", []) if k not in HOP_BY_HOP
+                       and k not in self.private_headers]
+        request_id = next((v.decode() for k, v in req_headers if k in (b"x-request-id", b"ce-id")), None) \
+            or str(uuid.uuid4())
+        if isinstance(hooked, Reply):
+            await send({"type": "http.response.start", "status": hooked.status,
+                        "headers": [(b"content-type", hooked.content_type.encode()),
+                                    (b"content-length", str(len(hooked.body)).encode())]})
+            await send({"type": "http.response.body", "body": hooked.body})
+            if route.logger is not None:
+                self._log_prediction(route, None, rest, original, scope, hooked.status, hooked.body, request_id,
+                                     time.monotonic() - started, records)
+            return
+        body = hooked
         revision = route.picker.pick()
         if revision is None:
             raise GatewayError(503, f"InferenceService {route.namespace}/{route.name} has no revision to route to")
@@ -228,14 +272,11 @@ class Gateway:
         inflight.inc()
         code = 502
         captured: list[bytes] = []
-        req_headers = [(k, v) for k, v in scope.get("headers", []) if k not in HOP_BY_HOP]
-        request_id = next((v.decode() for k, v in req_headers if k in (b"x-request-id", b"ce-id")), None) \
-            or str(uuid.uuid4())
         query = scope.get("query_string", b"").decode()
         url_path = rest + (f"?{query}" if query else "")
         try:
             code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started, captured,
-                                       transforms)
+                                       rewrites)
         finally:
             now = time.monotonic()
             meter.end(now)
@@ -246,14 +287,16 @@ class Gateway:
                 self.metrics.errors.labels(*labels).inc()
             if route.logger is not None:
                 self._log_prediction(route, revision, rest, body, scope, code, b"".join(captured), request_id,
-                                     now - started)
+                                     now - started, records)
 
     async def _forward(self, scope: Scope, send: Send, route: Route, revision: str, url_path: str, body: bytes,
                        headers: list[tuple[bytes, bytes]], started: float, captured: list[bytes],
-                       transforms: list[JsonTransform] | None = None) -> int:
+                       rewrites: list[Rewrite] | None = None) -> int:
         deadline = started + route.timeout
         tried: set[str] = set()
         client = self._client()
+        transforms = [r.json for r in rewrites or [] if r.json is not None]
+        streams = [r.stream for r in rewrites or [] if r.stream is not None]
         for attempt in range(MAX_ATTEMPTS):
             ep = await self._acquire(route, revision, deadline, frozenset(tried))
             try:
@@ -279,13 +322,14 @@ class Gateway:
                     raise GatewayError(504, f"the model did not answer within {route.timeout:.0f}s "
                                             "(spec.predictor.timeout)") from err
                 try:
-                    if transforms and response.status == 200 and \
-                            response.headers.get("content-type", "").startswith("application/json"):
+                    ctype = response.headers.get("content-type", "")
+                    if transforms and response.status == 200 and ctype.startswith("application/json"):
                         await self._send_transformed(send, response, transforms, revision, captured
                                                      if route.logger is not None else None)
                     else:
                         await self._stream(send, response, captured if route.logger is not None else None,
-                                           revision)
+                                           revision, streams if response.status == 200 and
+                                           ctype.startswith("text/event-stream") else None)
                 finally:
                     response.release()
                 return response.status
@@ -302,6 +346,8 @@ class Gateway:
             doc = json.loads(raw)
             for transform in transforms:
                 doc = transform(doc)
+                if inspect.isawaitable(doc):
+                    doc = await doc
             raw = json.dumps(doc).encode()
         except (ValueError, TypeError) as err:
             log.warning("could not rewrite a JSON answer from %s: %r", revision, err)
@@ -315,13 +361,17 @@ class Gateway:
 
     @staticmethod
     async def _stream(send: Send, response: aiohttp.ClientResponse, captured: list[bytes] | None,
-                      revision: str) -> None:
-        headers = [(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in RESPONSE_HOP]
+                      revision: str, streams: list[StreamTransform] | None = None) -> None:
+        drop = RESPONSE_HOP | {"content-length"} if streams else RESPONSE_HOP
+        headers = [(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in drop]
         headers.append((REVISION_HEADER, revision.encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         size = 0
+        source: AsyncIterator[bytes] = response.content.iter_any()
+        for transform in streams or []:
+            source = transform(source)
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in source:
                 if captured is not None and size < LOG_CAPTURE_LIMIT:
                     captured.append(chunk)
                     size += len(chunk)
@@ -332,8 +382,9 @@ class Gateway:
 
     # ---- inference logger ---------------------------------------------------------------------------------
 
-    def _log_prediction(self, route: Route, revision: str, path: str, body: bytes, scope: Scope, code: int,
-                        response: bytes, request_id: str, seconds: float) -> None:
+    def _log_prediction(self, route: Route, revision: str | None, path: str, body: bytes, scope: Scope, code: int,
+                        response: bytes, request_id: str, seconds: float,
+                        records: list[RecordTransform] | None = None) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         ctype = headers.get("content-type", "application/json")
         logger = route.logger or {}
@@ -346,6 +397,14 @@ class Gateway:
                   "modelVersion": route.annotations.get("serving.kaip.dev/model-version"),
                   "path": path, "status": code, "latencyMs": round(seconds * 1000, 3),
                   "promptTokens": prompt, "completionTokens": completion}
+        if records:  # hooks see (and may redact) both payloads; the logger's mode is applied after them
+            record = {**record, "request": request_doc, "response": response_doc}
+            for transform in records:
+                record = transform(record)
+            request_doc, response_doc = record.pop("request", None), record.pop("response", None)
+            body = request_doc.encode() if isinstance(request_doc, str) else json.dumps(request_doc).encode()
+            response = b"" if response_doc is None else response_doc.encode() if isinstance(response_doc, str) \
+                else json.dumps(response_doc).encode()
         mode = logger.get("mode") or "all"
         if mode in ("all", "request"):
             record["request"] = request_doc
@@ -363,7 +422,8 @@ class Gateway:
             for kind in cloudevents.events_for(logger):
                 if kind == "response" and code != 200:
                     continue  # KServe logs responses only when the upstream answered 200
-                ce = cloudevents.headers(event_id=request_id, kind=kind, source=f"kaip://gateway/{revision}",
+                source = f"kaip://gateway/{revision or route.name}"
+                ce = cloudevents.headers(event_id=request_id, kind=kind, source=source,
                                          namespace=route.namespace, name=route.name, component="predictor",
                                          endpoint="", content_type=ctype if kind == "request" else "application/json",
                                          metadata=meta or None, annotations=annotations or None)
