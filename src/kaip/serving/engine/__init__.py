@@ -1,0 +1,33 @@
+"""Kaip's LLM engine (issue 7): continuous batching over a paged KV cache with prefix caching, after vLLM's v1
+engine. Parts, each behind a narrow seam: `kv_cache` (block bookkeeping), `scheduler` (what runs each step),
+`model_runner` (the batched forward), `sampler`, `detokenizer`, `core` (one step), `async_engine` (the runtime's
+`Engine`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaip.serving.engine.core import EngineConfig, LLMEngineCore
+from kaip.serving.engine.request import EngineParams
+
+__all__ = ["EngineConfig", "EngineParams", "LLMEngineCore", "kaip_engine_or_reason"]
+
+
+def kaip_engine_or_reason(args: Any, dtype: str) -> tuple[Any, str | None]:
+    """Kaip's engine for the runtime's parsed args, or (None, why not) for a model it does not run."""
+    from transformers import AutoConfig
+
+    from kaip.serving.engine.model_runner import unsupported_reason
+
+    if dtype != "float32":
+        return None, f"dtype {dtype} (the Kaip engine runs float32)"
+    reason = unsupported_reason(AutoConfig.from_pretrained(args.model_dir))
+    if reason:
+        return None, reason
+    from kaip.serving.engine.async_engine import KaipEngine
+
+    config = EngineConfig(max_num_seqs=getattr(args, "max_num_seqs", 32),
+                          max_num_batched_tokens=getattr(args, "max_num_batched_tokens", 512),
+                          kv_cache_bytes=int(getattr(args, "kv_cache_space", 1.0) * (1 << 30)),
+                          max_model_len=args.max_model_len)
+    return KaipEngine.from_pretrained(args.model_dir, args.model_name, config=config), None
