@@ -70,8 +70,16 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
-def run_document(path: Path, params: dict[str, str], *, caching: bool) -> dict[str, Any]:
-    """The PipelineRun to create for FILE."""
+def run_document(path: Path, params: dict[str, str], *, caching: bool, queue: str | None = None) -> dict[str, Any]:
+    """The PipelineRun to create for FILE (labelled with the LocalQueue its tasks go through, if any)."""
+    doc = _run_document(path, params, caching=caching)
+    if queue:
+        doc["metadata"] = {**(doc.get("metadata") or {})}
+        doc["metadata"]["labels"] = {**(doc["metadata"].get("labels") or {}), "kueue.x-k8s.io/queue-name": queue}
+    return doc
+
+
+def _run_document(path: Path, params: dict[str, str], *, caching: bool) -> dict[str, Any]:
     ir = compile_python(path) if path.suffix == ".py" else load_ir_text(path.read_text(), str(path))
     if ir.get("kind") == "PipelineRun":
         run = dict(ir)
@@ -115,13 +123,15 @@ def run(filename: Annotated[Path, typer.Option("--filename", "-f", help="IR YAML
         = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task, even if cached.")] = False,
         wait: Annotated[bool, typer.Option("--wait", help="Follow the run; exit non-zero if it fails.")] = False,
+        queue: Annotated[str | None, typer.Option("--queue", help="A LocalQueue: each task waits for quota for its "
+                                                                   "CPU / memory / accelerator requests.")] = None,
         ) -> None:
     """Start a pipeline run (Kubeflow Pipelines IR, or a Python file with a @dsl.pipeline)."""
     import httpx
 
     ns = namespace or "default"
     try:
-        doc = run_document(filename, parse_params(param or []), caching=not no_cache)
+        doc = run_document(filename, parse_params(param or []), caching=not no_cache, queue=queue)
         client = Client()
         created = client.create(client.for_kind(API, "PipelineRun"), doc, ns)
         name = created["metadata"]["name"]

@@ -21,6 +21,7 @@ from typing import Any
 
 from kaip.api import errors
 from kaip.api.core import POD
+from kaip.api.kueue import QUEUE_LABEL
 from kaip.api.pipelines import PIPELINE, PIPELINE_RUN
 from kaip.api.validation import validate_document
 from kaip.artifacts.store import ArtifactStore
@@ -28,8 +29,10 @@ from kaip.controlplane.conditions import set_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Result
 from kaip.executor.local import LocalExecutor
+from kaip.jobs.framework import JobFramework, workload_name
 from kaip.pipelines.dag import Launch, plan, resolve_parameters, retry_delay, validate_ir
 from kaip.pipelines.launcher import LaunchError, collect_outputs, prepare
+from kaip.pipelines.queueing import TaskJob, task_requests
 from kaip.store.store import Store, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,9 @@ def _digest(path: Path) -> dict[str, Any]:
 
 class PipelineRunReconciler:
     def __init__(self, store: Store, executor: LocalExecutor, recorder: EventRecorder, home: Path, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, queues: JobFramework | None = None) -> None:
         self.store = store
+        self.queues = queues
         self.executor = executor
         self.recorder = recorder
         self.home = home
@@ -98,6 +102,7 @@ class PipelineRunReconciler:
             delay = self._observe(run, ir, task_id, rec)
             if delay is not None:
                 requeue = delay if requeue is None else min(requeue, delay)
+            self._release(run, task_id, rec)
         caching = bool(run["spec"].get("enableCaching", True))
         for _ in range(1000):  # cached tasks finish at once, and may make the next ones ready
             result = plan(ir, params, {k: v for k, v in tasks.items()}, caching=caching)
@@ -120,7 +125,7 @@ class PipelineRunReconciler:
         status["phase"] = "Running"
         set_condition(status, "Succeeded", "Unknown", "Running", "", generation=run["metadata"].get("generation"))
         self._write(run, status)
-        running = any(r.get("phase") == "Running" for r in tasks.values())
+        running = any(r.get("phase") in ("Running", "Queued") for r in tasks.values())
         if running:
             requeue = 2.0 if requeue is None else min(requeue, 2.0)  # Pod changes wake us; this is a safety net
         return Result(requeue_after=requeue) if requeue is not None else None
@@ -204,6 +209,14 @@ class PipelineRunReconciler:
             rec.update(phase="Failed", message=str(err), finishedAt=now_rfc3339())
             return
         (task_dir / "executor_input.json").write_text(json.dumps(prepared.executor_input))
+        requests = task_requests(container.get("container") or {})
+        if not self._admitted(run, task_id, rec, requests):
+            queue = (meta.get("labels") or {}).get(QUEUE_LABEL)
+            rec.update(phase="Queued", taskDir=str(task_dir),
+                       message=f"waiting for quota in LocalQueue {queue} (Workload {rec['workload']})")
+            return
+        if rec.get("phase") == "Queued":
+            rec.pop("message", None)
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": pod_name(meta["name"], task_id, attempt), "namespace": meta["namespace"],
                             "labels": {RUN_LABEL: _slug(meta["name"], 63)},
@@ -215,6 +228,8 @@ class PipelineRunReconciler:
                    "name": CONTAINER, "image": container.get("container", {}).get("image", ""),
                    "command": prepared.command, "workingDir": str(task_dir),
                    "env": [{"name": k, "value": v} for k, v in prepared.env.items()]}]}}
+        if rec.get("workload") and requests:  # quota was reserved for these: the Pod carries them, as with Kueue
+            pod["spec"]["containers"][0]["resources"] = {"requests": requests}
         try:
             self.store.create(POD, validate_document(POD, pod, namespace=meta["namespace"]))
         except errors.ApiError as err:
@@ -223,6 +238,24 @@ class PipelineRunReconciler:
         rec.update(phase="Running", attempts=attempt, pod=pod["metadata"]["name"], taskDir=str(task_dir),
                    startedAt=rec.get("startedAt") or now_rfc3339())
         rec.pop("nextAttemptAt", None)
+
+    def _admitted(self, run: dict[str, Any], task_id: str, rec: dict[str, Any], requests: dict[str, str]) -> bool:
+        """Whether the task may start its Pod: not queued (the run names no LocalQueue), or its Workload is
+        admitted (the job framework creates it and waits for the queues)."""
+        meta = run["metadata"]
+        if self.queues is None or not (meta.get("labels") or {}).get(QUEUE_LABEL):
+            return True
+        job = TaskJob.of(run, task_id, rec, requests)
+        rec["workload"] = workload_name(PIPELINE_RUN, job.obj["metadata"]["name"], meta["uid"])
+        return self.queues.reconcile(job)
+
+    def _release(self, run: dict[str, Any], task_id: str, rec: dict[str, Any]) -> None:
+        """A finished task's Workload is marked finished: its quota goes to the next task waiting."""
+        if self.queues is None or not rec.get("workload") or rec.get("workloadFinished") \
+                or rec.get("phase") not in ("Succeeded", "Failed"):
+            return
+        self.queues.reconcile(TaskJob.of(run, task_id, rec, {}))
+        rec["workloadFinished"] = True
 
     def _relaunch(self, ir: dict[str, Any], task_id: str, rec: dict[str, Any]) -> Launch:
         """A retry: the inputs are the ones the first attempt ran with (recorded in its executor input)."""
@@ -237,6 +270,9 @@ class PipelineRunReconciler:
     def _observe(self, run: dict[str, Any], ir: dict[str, Any], task_id: str, rec: dict[str, Any]) -> float | None:
         """Advance one task record from what its Pod did; returns a requeue delay when waiting on a backoff."""
         now = self.clock()
+        if rec.get("phase") == "Queued":
+            self._launch_attempt(run, ir, task_id, rec)
+            return 2.0 if rec.get("phase") == "Queued" else None  # a Workload change wakes us; a safety net
         if rec.get("phase") == "Retrying":
             if now >= float(rec.get("nextAttemptAt", 0)):
                 self._launch_attempt(run, ir, task_id, rec)

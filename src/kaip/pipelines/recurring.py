@@ -21,6 +21,7 @@ from kaip.controlplane.conditions import set_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Result
 from kaip.pipelines.cron import Cron, due_times, next_after, parse_cron
+from kaip.pipelines.queueing import queue_labels
 from kaip.store.store import Store
 
 OWNER_LABEL = "pipelines.kaip.dev/recurringrun"
@@ -118,7 +119,7 @@ class RecurringRunReconciler:
         run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "parameters", "enableCaching") if k in spec}
         doc = {"apiVersion": rr["apiVersion"], "kind": "PipelineRun",
                "metadata": {"name": f"{meta['name'][:40]}-{int(fire.timestamp())}", "namespace": meta["namespace"],
-                            "labels": {OWNER_LABEL: meta["name"][:63]},
+                            "labels": {**queue_labels(meta), OWNER_LABEL: meta["name"][:63]},
                             "annotations": {"pipelines.kaip.dev/scheduled-time": _fmt(fire)},
                             "ownerReferences": [{"apiVersion": rr["apiVersion"], "kind": rr["kind"],
                                                  "name": meta["name"], "uid": meta["uid"], "controller": True}]},
