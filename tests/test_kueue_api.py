@@ -8,10 +8,11 @@ import pytest
 
 from kaip.api.batch import JOB, job_status
 from kaip.api.errors import ApiError
-from kaip.api.kueue import CLUSTER_QUEUE, LOCAL_QUEUE, RESOURCE_FLAVOR, WORKLOAD, cq_v1beta1_to_v1beta2
+from kaip.api.kueue import CLUSTER_QUEUE, COHORT, LOCAL_QUEUE, RESOURCE_FLAVOR, WORKLOAD, cq_v1beta1_to_v1beta2
 from kaip.api.validation import validate_document
 from kaip.controllers.job import plan
 from kaip.jobs.framework import workload_name
+from kaip.scheduling.quantity import parse_quantity
 
 
 def causes(info: Any, doc: dict[str, Any]) -> dict[str, str]:
@@ -36,8 +37,28 @@ def test_cluster_queue_defaults_as_upstream() -> None:
     spec = out["spec"]
     assert spec["queueingStrategy"] == "BestEffortFIFO" and spec["stopPolicy"] == "None"
     assert spec["flavorFungibility"] == {"whenCanBorrow": "MayStopSearch", "whenCanPreempt": "TryNextFlavor"}
-    assert spec["preemption"] == {"reclaimWithinCohort": "Never", "withinClusterQueue": "Never"}
+    assert spec["preemption"] == {"reclaimWithinCohort": "Never", "withinClusterQueue": "Never",
+                                  "borrowWithinCohort": {"policy": "Never"}}  # upstream: default {} then Never
     assert "namespaceSelector" not in spec  # null: no namespace, as upstream
+
+
+@pytest.mark.parametrize("info", [CLUSTER_QUEUE, COHORT, RESOURCE_FLAVOR])
+def test_no_spec_is_stored_without_one_as_upstream(info: Any) -> None:
+    doc = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": info.kind, "metadata": {"name": "x"}}
+    assert "spec" not in validate_document(info, doc, namespace=None)
+
+
+def test_every_quantity_form_is_accepted_and_others_refused_with_kubernetes_message() -> None:
+    for value in ("5Ei", "5E", "1Pi", "3P", "500m", "1n", "2u", "1k", "1e3", "1E-2", "1e1.5", ".5", "+2Gi", 7):
+        doc = cq({"resourceGroups": rg([{"name": "cpu", "nominalQuota": value}])})
+        validate_document(CLUSTER_QUEUE, doc, namespace=None)
+    assert parse_quantity("5Ei") == 5 * 2 ** 60 * 1000 and parse_quantity("1e1.5") == 31623  # milli, rounded up
+    path = "spec.resourceGroups[0].flavors[0].resources[0].nominalQuota"
+    for value in ("5Eix", "1.2.3", "e3", "5 Gi", "1e"):
+        got = causes(CLUSTER_QUEUE, cq({"resourceGroups": rg([{"name": "cpu", "nominalQuota": value}])}))
+        assert "quantities must match the regular expression" in got[path], (value, got)
+    got = causes(CLUSTER_QUEUE, cq({"resourceGroups": rg([{"name": "cpu", "nominalQuota": "1e65"}])}))
+    assert "quantity out of range" in got[path]
 
 
 def test_cluster_queue_rules_with_upstream_messages_at_their_paths() -> None:

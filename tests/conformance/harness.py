@@ -54,7 +54,7 @@ OPENAPI = SHARED / "openapi"
 OWN_GROUPS = ("kaip.dev",)
 # Kinds whose generated (property-based) checks run: their owners have finished them. Adding a group here is the
 # one line that turns on generation, mutation and defaulting checks for its kinds (e.g. "kueue.x-k8s.io").
-GENERATED_GROUPS: tuple[str, ...] = ("serving.kserve.io", "trustyai.opendatahub.io")
+GENERATED_GROUPS: tuple[str, ...] = ("serving.kserve.io", "trustyai.opendatahub.io", "kueue.x-k8s.io")
 # CRD files whose names do not follow `<group>_<plural>.yaml`.
 CRD_FILE_OVERRIDES = {"argoproj.io/Application": "argo-cd/application-crd.yaml",
                       "kubeflow.org/Experiment": "katib/experiment.yaml"}
@@ -112,6 +112,11 @@ EXTRA_RULES: dict[str, tuple[Rule, ...]] = {
         *(Rule(r.path.format(c="spec.predictor"), r.message, r.why) for r in _COMPONENT_RULES),
         *(Rule(f"spec.predictor.{k}.{p}", m, w) for k in _MODEL_KEYS for p, m, w in _MODEL_CONTAINER_RULES),
         *(Rule(f"spec.predictor.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
+        Rule("spec.transformer", "containers: Required value",
+             "a transformer is its container (upstream's pod for it fails without one)"),
+        *(Rule(r.path.format(c="spec.transformer"), r.message, r.why) for r in _COMPONENT_RULES
+          if "canaryTrafficPercent" not in r.path),
+        *(Rule(f"spec.transformer.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
     ),
     "serving.kserve.io/ServingRuntime": (
         Rule("spec", "multiModel", "Kaip serves one model per runtime process (ModelMesh is not implemented)"),
@@ -128,7 +133,85 @@ EXTRA_RULES: dict[str, tuple[Rule, ...]] = {
     ),
 }
 EXTRA_RULES["serving.kserve.io/ClusterServingRuntime"] = EXTRA_RULES["serving.kserve.io/ServingRuntime"]
-for _key in EXTRA_RULES:  # these CRDs do not require `spec`; Kaip does, as there is nothing to run without one
+_KUEUE_CEL = "Kueue's CEL rule on the CRD (x-kubernetes-validations), which the schema checks do not evaluate"
+_KUEUE_WEBHOOK = "Kueue's validating webhook"
+_QUOTA = "spec.resourceGroups[*].flavors[*].resources[*]"
+_RANGE = ("quantity out of range", "Kaip refuses decimal exponents beyond ±64 rather than expand them (quota is "
+          "kept exact, in milli-units)")
+_RESOURCE_GROUP_RULES = (
+    Rule("spec.resourceGroups[*]", "flavors must have the same number of resources as the coveredResources",
+         _KUEUE_CEL),
+    Rule(f"{_QUOTA}.name", "must match the name in coveredResources", _KUEUE_CEL),
+    Rule("spec.resourceGroups[*].coveredResources[*]", "Duplicate value", _KUEUE_WEBHOOK),
+    Rule("spec.resourceGroups[*].flavors[*].name", "Duplicate value", _KUEUE_WEBHOOK),
+    Rule("spec.resourceGroups[*].flavors[*].name", "a lowercase RFC 1123 subdomain",
+         "Kueue: a flavor reference is a ResourceFlavor name"),
+    *(Rule(f"{_QUOTA}.{f}", "must be greater than or equal to 0", _KUEUE_WEBHOOK)
+      for f in ("nominalQuota", "borrowingLimit", "lendingLimit")),
+    *(Rule(f"{_QUOTA}.{f}", _RANGE[0], _RANGE[1]) for f in ("nominalQuota", "borrowingLimit", "lendingLimit")),
+    Rule(f"{_QUOTA}.borrowingLimit", "borrowingLimit must be nil when", _KUEUE_CEL),
+    Rule(f"{_QUOTA}.lendingLimit", "must be nil when", _KUEUE_CEL),
+    Rule(f"{_QUOTA}.lendingLimit", "must be less than or equal to the nominalQuota", _KUEUE_WEBHOOK),
+    Rule("spec.fairSharing.weight", _RANGE[0], _RANGE[1]),
+)
+_OPERATOR = "Kubernetes' label selector validation allows only these operators"
+_TAINT_EFFECT = "Kubernetes' taint validation allows only these effects"
+_TOLERATION_RULES = (
+    Rule("spec.tolerations[*].operator", "Input should be 'Equal' or 'Exists'",
+         "Kubernetes' toleration validation allows only these operators"),
+    Rule("spec.tolerations[*].effect", "Input should be 'NoSchedule', 'PreferNoSchedule' or 'NoExecute'",
+         _TAINT_EFFECT),
+    Rule("spec.tolerations[*]", "operator must be Exists when 'key' is empty", "Kubernetes' toleration validation"),
+    Rule("spec.tolerations[*]", "effect must be 'NoExecute' when 'tolerationSeconds' is set",
+         "Kubernetes' toleration validation"),
+    Rule("spec.tolerations[*]", "a value must be empty when 'operator' is 'Exists'",
+         "Kubernetes' toleration validation"),
+)
+EXTRA_RULES.update({
+    "kueue.x-k8s.io/ClusterQueue": (
+        *_RESOURCE_GROUP_RULES,
+        Rule("spec.namespaceSelector.matchExpressions[*].operator",
+             "Input should be 'In', 'NotIn', 'Exists' or 'DoesNotExist'", _OPERATOR),
+        Rule("spec.cohortName", "a lowercase RFC 1123 subdomain", _KUEUE_WEBHOOK),
+        Rule("spec.preemption", "reclaimWithinCohort=Never and borrowWithinCohort.Policy!=Never", _KUEUE_CEL),
+        Rule("spec.flavorFungibility", "preference can only be set when", _KUEUE_CEL),
+    ),
+    "kueue.x-k8s.io/Cohort": (
+        *_RESOURCE_GROUP_RULES,
+        Rule("spec.parentName", "a lowercase RFC 1123 subdomain", _KUEUE_WEBHOOK),
+    ),
+    "kueue.x-k8s.io/LocalQueue": (
+        Rule("spec.clusterQueue", "a lowercase RFC 1123 subdomain", _KUEUE_WEBHOOK),
+    ),
+    "kueue.x-k8s.io/ResourceFlavor": (
+        Rule("spec.nodeTaints[*].effect", "Input should be 'NoSchedule', 'PreferNoSchedule' or 'NoExecute'",
+             _TAINT_EFFECT),
+        *_TOLERATION_RULES,
+    ),
+    "kueue.x-k8s.io/Workload": (
+        Rule("spec", "Required value", "a Workload without pod sets has nothing to admit (its spec has required "
+                                       "fields)"),
+        Rule("spec", "priority should not be nil when priorityClassRef is set", _KUEUE_CEL),
+        Rule("spec.podSets", "Required value", "a Workload without pod sets has nothing to admit (the CRD requires "
+                                               "at least one item when the list is given)"),
+        Rule("spec.podSets[*].template.spec", "Required value", "Kubernetes' Pod validation: a pod has containers"),
+        Rule("spec.podSets[*].template.spec.containers", "at least 1 item", "Kubernetes' Pod validation: a pod has "
+                                                                            "containers"),
+        Rule("spec.podSets[*].template.spec.restartPolicy", "Input should be 'Always', 'OnFailure' or 'Never'",
+             "Kubernetes' Pod validation allows only these values"),
+        Rule("spec.podSets[*].template.spec.activeDeadlineSeconds", "greater than or equal to 1",
+             "Kubernetes' Pod validation: a positive deadline"),
+        Rule("spec.podSets[*].template.spec.terminationGracePeriodSeconds", "greater than or equal to 0",
+             "Kubernetes' Pod validation"),
+        Rule("spec.podSets[*].name", "Duplicate value", _KUEUE_WEBHOOK),
+        Rule("spec.priorityClassRef", "kind is allowed for the", _KUEUE_CEL),
+        *(Rule(f"spec.podSets[*].template.{r.path}", r.message, r.why) for r in _TOLERATION_RULES),
+        *(Rule(f"spec.podSets[*].template.spec.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
+    ),
+})
+for _key in ("serving.kserve.io/InferenceService", "serving.kserve.io/ServingRuntime",
+             "serving.kserve.io/ClusterServingRuntime", "trustyai.opendatahub.io/GuardrailsOrchestrator"):
+    # these CRDs do not require `spec`; Kaip does, as there is nothing to run without one
     EXTRA_RULES[_key] += (Rule("spec", "Required value", "the object has nothing to run without a spec; upstream's "
                                                          "operator fails to reconcile it (its spec has required "
                                                          "fields)"),)
@@ -271,37 +354,44 @@ def json_path(parts: Any) -> str:
 
 
 def bounded(node: dict[str, Any], depth: int, *, max_items: int = 2, max_len: int = 12,
-            keep: typing.Callable[[str], bool] | None = None, path: str = "") -> dict[str, Any]:
+            keep: typing.Callable[[str], bool] | None = None, path: str = "",
+            must: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A JSON Schema trimmed for generation: optional properties below `depth` levels are dropped, lists and maps
-    hold at most `max_items`, free strings at most `max_len` characters; `keep(path)` may drop more properties."""
+    hold at most `max_items`, free strings at most `max_len` characters; `keep(path)` may drop more properties.
+    `must` names paths to generate always (a list path with `[+]`: never empty)."""
     out = {k: v for k, v in node.items() if k not in ("properties", "items", "additionalProperties", "anyOf",
                                                       "allOf", "oneOf", "format")}
-    required = set(node.get("required", ()))
+    required = list(node.get("required", ()))  # a list: generation stays deterministic
+    if f"{path}[+]" in must and isinstance(node.get("items"), dict):
+        out["minItems"] = max(1, node.get("minItems", 0))
     if "properties" in node:
         props = {}
         for name, sub in node["properties"].items():
             sub_path = f"{path}.{name}" if path else name
+            if sub_path in must and name not in required:
+                required.append(name)
             if name not in required and (depth <= 0 or (keep is not None and not keep(sub_path))):
                 continue
-            props[name] = bounded(sub, depth - 1, max_items=max_items, max_len=max_len, keep=keep, path=sub_path)
+            props[name] = bounded(sub, depth - 1, max_items=max_items, max_len=max_len, keep=keep, path=sub_path,
+                                  must=must)
         out["properties"] = props
-        out["required"] = [r for r in node.get("required", ()) if r in props]
+        out["required"] = [r for r in required if r in props]
         if not out["required"]:
             out.pop("required")
     if isinstance(node.get("items"), dict):
         out["items"] = bounded(node["items"], depth - 1, max_items=max_items, max_len=max_len, keep=keep,
-                               path=f"{path}[*]")
+                               path=f"{path}[*]", must=must)
         out["maxItems"] = max(min(node.get("maxItems", max_items), max_items), node.get("minItems", 0))
     if "additionalProperties" in node:
         ap = node["additionalProperties"]
         out["additionalProperties"] = bounded(ap, depth - 1, max_items=max_items, max_len=max_len, keep=keep,
-                                              path=f"{path}.*") if isinstance(ap, dict) else ap
+                                              path=f"{path}.*", must=must) if isinstance(ap, dict) else ap
         if isinstance(ap, dict):
             out["maxProperties"] = max(min(node.get("maxProperties", max_items), max_items),
                                        node.get("minProperties", 0))
     for key in ("anyOf", "allOf", "oneOf"):
         if key in node:
-            out[key] = [bounded(s, depth, max_items=max_items, max_len=max_len, keep=keep, path=path)
+            out[key] = [bounded(s, depth, max_items=max_items, max_len=max_len, keep=keep, path=path, must=must)
                         for s in node[key]]
     if node.get("type") == "string" and "enum" not in node and "pattern" not in node:
         out["maxLength"] = max(min(node.get("maxLength", max_len), max_len), node.get("minLength", 0))
@@ -345,13 +435,20 @@ def _refuses_any_value(model: type[BaseModel], name: str) -> bool:
     finfo = model.model_fields[name]
     validators = [m.func for m in finfo.metadata if isinstance(m, AfterValidator)]
     validators += [d.func for d in model.__pydantic_decorators__.field_validators.values() if name in d.info.fields]
-    for func in validators:
-        try:
-            func(_SENTINEL)
-        except ValueError:
-            return True
-        except Exception:  # noqa: BLE001 (a validator that needs more than a value: not a blanket refusal)
-            continue
+    return any(all(_refuses(func, value) for value in (_SENTINEL, *_PLAIN_VALUES)) for func in validators)
+
+
+# A validator that takes one of these (a name, a quantity) checks values rather than refusing the field.
+_PLAIN_VALUES: tuple[Any, ...] = ("a", 1, "1", True, {}, [])
+
+
+def _refuses(func: typing.Callable[[Any], Any], value: Any) -> bool:
+    try:
+        func(value)
+    except ValueError:
+        return True
+    except Exception:  # noqa: BLE001 (a validator that needs more than a value: not a blanket refusal)
+        return False
     return False
 
 
@@ -529,7 +626,15 @@ def body_schema(info: KindInfo, version: str, depth: int, *, implemented_only: b
         body.pop("required")
     implemented = set(matrix_cached(info.key, version).implemented)
     keep = (lambda p: p in implemented) if implemented_only else None
-    return bounded(body, depth, keep=keep)
+    # Generating only what Kaip implements, to reach documents it accepts: fields below the top level that a
+    # documented rule requires (EXTRA_RULES "Required value") are always generated, lists that one says may not be
+    # empty are not. (Top-level fields keep the generator's own choice, as before this was added.)
+    must: frozenset[str] = frozenset()
+    if implemented_only:
+        rules = EXTRA_RULES.get(info.key, ())
+        must = frozenset([r.path for r in rules if r.message == "Required value" and "." in r.path]
+                         + [f"{r.path}[+]" for r in rules if r.message == "at least 1 item"])
+    return bounded(body, depth, keep=keep, must=must)
 
 
 def defaulted(schema: dict[str, Any], value: Any) -> Any:

@@ -184,7 +184,7 @@ class ResourceFlavorSpec(Schema):
 
 
 class ResourceFlavorBody(Schema):
-    spec: ResourceFlavorSpec = Field(default_factory=ResourceFlavorSpec)
+    spec: ResourceFlavorSpec | None = None  # upstream stores no spec when none is given
 
 
 # ---- ClusterQueue -------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class BorrowWithinCohort(Schema):
 
 class ClusterQueuePreemption(Schema):
     reclaimWithinCohort: PreemptionPolicy = "Never"
-    borrowWithinCohort: BorrowWithinCohort | None = None
+    borrowWithinCohort: BorrowWithinCohort = Field(default_factory=BorrowWithinCohort)  # upstream: default {}
     withinClusterQueue: Literal["Never", "LowerPriority", "LowerOrNewerEqualPriority"] = "Never"
 
     @model_validator(mode="after")
@@ -246,7 +246,7 @@ class ClusterQueueSpec(Schema):
 
 
 class ClusterQueueBody(Schema):
-    spec: ClusterQueueSpec = Field(default_factory=ClusterQueueSpec)
+    spec: ClusterQueueSpec | None = None  # upstream stores no spec when none is given
 
 
 # ---- Cohort -------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class CohortSpec(Schema):
 
 
 class CohortBody(Schema):
-    spec: CohortSpec = Field(default_factory=CohortSpec)
+    spec: CohortSpec | None = None  # upstream stores no spec when none is given
 
 
 # ---- LocalQueue ---------------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class LocalQueueSpec(Schema):
 
 
 class LocalQueueBody(Schema):
-    spec: LocalQueueSpec = Field(default_factory=LocalQueueSpec)
+    spec: LocalQueueSpec | None = None  # upstream stores no spec when none is given
 
 
 # ---- WorkloadPriorityClass ----------------------------------------------------------------------------
@@ -299,14 +299,20 @@ class TemplateMeta(Schema):
     annotations: dict[str, str] | None = None
 
 
+INT32_MAX = 2 ** 31 - 1
+INT64_MAX = 2 ** 63 - 1
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
 class TemplatePodSpec(Schema):
     """The pod spec of a pod set: what Kaip's executor can honour, and the scheduling fields flavors match."""
 
     containers: list[Container] = Field(min_length=1)
     initContainers: list[Container] | None = None
     restartPolicy: Literal["Always", "OnFailure", "Never"] | None = None
-    terminationGracePeriodSeconds: int | None = Field(default=None, ge=0)
-    activeDeadlineSeconds: int | None = Field(default=None, ge=1)
+    terminationGracePeriodSeconds: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    activeDeadlineSeconds: int | None = Field(default=None, ge=1, le=INT64_MAX)
     nodeSelector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = None
     priorityClassName: str | None = None
@@ -322,9 +328,9 @@ class PodTemplateSpec(Schema):
 
 
 class PodSet(Schema):
-    name: str = "main"
+    name: str = Field(default="main", max_length=63, pattern=DNS_LABEL)
     template: PodTemplateSpec
-    count: int = Field(default=1, ge=0)
+    count: int = Field(default=1, ge=0, le=INT32_MAX)
     minCount: int | None = None
     topologyRequest: dict[str, Any] | None = None
 
@@ -348,11 +354,11 @@ class PriorityClassRef(Schema):
 
 class WorkloadSpec(Schema):
     podSets: list[PodSet] = Field(min_length=1, max_length=18)
-    queueName: str | None = None
+    queueName: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     priorityClassRef: PriorityClassRef | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=-INT32_MAX - 1, le=INT32_MAX)
     active: bool = True
-    maximumExecutionTimeSeconds: int | None = Field(default=None, ge=1)
+    maximumExecutionTimeSeconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
     preemptionGates: list[dict[str, Any]] | None = None
 
     _pg = field_validator("preemptionGates")(_unsupported("preemption gates"))

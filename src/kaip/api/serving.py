@@ -162,6 +162,12 @@ class PredictorSpec(ComponentSpec):
 
 
 class TransformerSpec(ComponentSpec):
+    """A transformer: one container between the gateway and the predictor. Without `command` it runs Kaip's
+    transformer runtime, which loads the user's class (`--transformer_module=FILE.py`, `--transformer_class=NAME`
+    in `args`) and calls its `preprocess` / `postprocess` around the predictor."""
+
+    canaryTrafficPercent: Unsupported = None  # type: ignore[assignment]  # canary rollouts are the predictor's
+
     @model_validator(mode="after")
     def _container(self) -> TransformerSpec:
         if not self.containers:
@@ -181,9 +187,8 @@ class ExplainerSpec(ComponentSpec):
 
 class InferenceServiceSpec(Schema):
     predictor: PredictorSpec
-    # Schemas above are ready (TransformerSpec, ExplainerSpec); the controller serves only the predictor so far,
-    # so these are refused rather than accepted and ignored.
-    transformer: Unsupported = None
+    transformer: TransformerSpec | None = None
+    # ExplainerSpec is written; the controller does not run explainers yet, so it is refused rather than ignored.
     explainer: Unsupported = None
     canary: Unsupported = None
 

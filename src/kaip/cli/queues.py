@@ -32,7 +32,7 @@ def top_queue_rows(cqs: list[dict[str, Any]], lqs: list[dict[str, Any]]) -> tupl
     """Two tables: ClusterQueues (usage against nominal quota, borrowed) and LocalQueues."""
     cq_rows = []
     for cq in sorted(cqs, key=lambda o: o["metadata"]["name"]):
-        spec, status = cq["spec"], cq.get("status") or {}
+        spec, status = cq.get("spec") or {}, cq.get("status") or {}
         nominal = {(f["name"], r["name"]): str(r["nominalQuota"]) for rg in spec.get("resourceGroups") or []
                    for f in rg.get("flavors") or [] for r in f.get("resources") or []}
         cq_rows.append([cq["metadata"]["name"], spec.get("cohortName") or "-", status.get("pendingWorkloads", 0),
@@ -41,7 +41,8 @@ def top_queue_rows(cqs: list[dict[str, Any]], lqs: list[dict[str, Any]]) -> tupl
     lq_rows = []
     for lq in sorted(lqs, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])):
         status = lq.get("status") or {}
-        lq_rows.append([lq["metadata"]["namespace"], lq["metadata"]["name"], lq["spec"].get("clusterQueue", ""),
+        lq_spec = lq.get("spec") or {}
+        lq_rows.append([lq["metadata"]["namespace"], lq["metadata"]["name"], lq_spec.get("clusterQueue", ""),
                         status.get("pendingWorkloads", 0), status.get("admittedWorkloads", 0),
                         _usage_cell(status.get("flavorsUsage") or [], {})])
     cq_header = ["CLUSTERQUEUE", "COHORT", "PENDING", "RESERVING", "ADMITTED", "USAGE (flavor/resource=used/nominal)"]

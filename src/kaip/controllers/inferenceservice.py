@@ -26,10 +26,11 @@ from kaip.controlplane.manager import Result
 from kaip.executor.local import LocalExecutor
 from kaip.serving import render
 from kaip.serving.autoscaler import policy_for
+from kaip.serving.internal import internal_token, load_key, predictor_route_name
 from kaip.serving.selection import SelectionError, select_runtime
 from kaip.serving.storage import StorageError, resolve_storage_uri
 from kaip.serving.system import Route, ServingSystem, free_port
-from kaip.serving.traffic import Rollout, plan
+from kaip.serving.traffic import Rollout, Target, plan
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class InferenceServiceReconciler:
         self.system = system
         self.recorder = recorder
         self.home = home
+        self._key: bytes | None = None
 
     # ---- resolution --------------------------------------------------------------------------------------
 
@@ -159,6 +161,20 @@ class InferenceServiceReconciler:
                 failures[rev_name] = failure
             self._scale(isvc, rev, rev_pods, want)
         known = {r["name"] for r in revisions}
+        transformer = isvc["spec"].get("transformer")
+        t_targets: list[Target] = []
+        t_serving: bool | None = None
+        if transformer:
+            t_comp = status["components"].setdefault("transformer", {})
+            t_targets, t_serving, t_failure = self._transformer(isvc, transformer, t_comp, pods, now)
+            known |= {r["name"] for r in t_comp["revisions"]}
+            if t_failure:
+                failures["transformer"] = t_failure
+        else:
+            status["components"].pop("transformer", None)
+            self.system.routes.pop((namespace, predictor_route_name(name)), None)
+            self.system.forget(namespace, [rev for (ns, rev), owner in list(self.system.owners.items())
+                                           if owner == key and rev.startswith(f"{name}-transformer-")])
         for rev_name, rev_pods in pods.items():
             if rev_name not in known:
                 for pod in rev_pods:
@@ -174,17 +190,28 @@ class InferenceServiceReconciler:
             revisions.remove(old)
 
         # 4. Routes for the gateway.
+        annotations = isvc["metadata"].get("annotations") or {}
+        public = annotations.get(render.PUBLIC_ANNOTATION, "").lower() == "true"
         if traffic_plan is not None:
-            annotations = isvc["metadata"].get("annotations") or {}
+            # Behind a transformer the predictor has an internal route that only the transformer's token opens.
             self.system.set_route(Route(
-                namespace, name, traffic_plan.targets, timeout=float(predictor.get("timeout") or DEFAULT_TIMEOUT),
+                namespace, predictor_route_name(name) if transformer else name, traffic_plan.targets,
+                timeout=float(predictor.get("timeout") or DEFAULT_TIMEOUT),
                 concurrency=int(predictor.get("containerConcurrency") or 0),
-                public=annotations.get(render.PUBLIC_ANNOTATION, "").lower() == "true",
-                logger=predictor.get("logger"), annotations=annotations,
+                public=public and not transformer,
+                logger=None if transformer else predictor.get("logger"), annotations=annotations,
                 scale_metric=predictor.get("scaleMetric") or "concurrency"))
+        if transformer and t_targets:
+            self.system.set_route(Route(
+                namespace, name, t_targets, timeout=float(transformer.get("timeout") or DEFAULT_TIMEOUT),
+                concurrency=int(transformer.get("containerConcurrency") or 0), public=public,
+                logger=transformer.get("logger") or predictor.get("logger"), annotations=annotations,
+                scale_metric=transformer.get("scaleMetric") or "concurrency"))
 
         # 5. Status.
         self._status(isvc, status, comp, traffic_plan, latest_name, problem, failures, generation, routed)
+        if t_serving is not None:
+            self._transformer_status(status, t_serving, failures.get("transformer"), generation)
         if status != (isvc.get("status") or {}):
             def write(s: dict[str, Any], _obj: dict[str, Any]) -> None:
                 s.clear()
@@ -203,7 +230,8 @@ class InferenceServiceReconciler:
                 out.setdefault(labels[render.REVISION_LABEL], []).append(pod)
         return out
 
-    def _scale(self, isvc: dict[str, Any], rev: dict[str, Any], pods: list[dict[str, Any]], want: int) -> None:
+    def _scale(self, isvc: dict[str, Any], rev: dict[str, Any], pods: list[dict[str, Any]], want: int,
+               component: str = "predictor") -> None:
         namespace = isvc["metadata"]["namespace"]
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         ready = set(self.system.ready_pods(namespace, rev["name"]))
@@ -220,10 +248,12 @@ class InferenceServiceReconciler:
                 port = int(pod["metadata"]["annotations"][render.PORT_ANNOTATION])
                 endpoints.append((pod["metadata"]["name"], port, int(cs.get("restartCount", 0))))
         isvc_key = (namespace, isvc["metadata"]["name"])
-        try:
-            _, _, _, probe = self._resolve(isvc, {**isvc["spec"]["predictor"], **rev["spec"]})
-        except ResolveError:
-            probe = "/v2/health/ready"
+        probe = "/v2/health/ready"
+        if component == "predictor":
+            try:
+                _, _, _, probe = self._resolve(isvc, {**isvc["spec"]["predictor"], **rev["spec"]})
+            except ResolveError:
+                pass
         self.system.set_endpoints(isvc_key, rev["name"], endpoints, probe)
         inflight = {ep.pod: ep.inflight for ep in self.system.endpoints.get((namespace, rev["name"]), [])}
         for pod in victims:
@@ -231,7 +261,10 @@ class InferenceServiceReconciler:
                 self._delete_pod(pod)
         if len(live) < want:
             for _ in range(want - len(live)):
-                self._create_pod(isvc, rev)
+                if component == "transformer":
+                    self._create_transformer_pod(isvc, rev)
+                else:
+                    self._create_pod(isvc, rev)
             self.recorder.record(isvc, "Normal", "ScaledUp", f"Scaled revision {rev['name']} to {want}")
 
     def _create_pod(self, isvc: dict[str, Any], rev: dict[str, Any]) -> None:
@@ -255,6 +288,106 @@ class InferenceServiceReconciler:
         except errors.ApiError as err:
             if err.code not in (404, 409):
                 raise
+
+    def _create_transformer_pod(self, isvc: dict[str, Any], rev: dict[str, Any]) -> None:
+        meta = isvc["metadata"]
+        spec = rev["spec"]
+        port = free_port()
+        server = ((config.read_credentials(self.home) or {}).get("server") or "").rstrip("/")
+        predictor_url = f"{server}/serving/{meta['namespace']}/{predictor_route_name(meta['name'])}"
+        container = render.render_transformer_container(spec["containers"][0], name=meta["name"], port=port,
+                                                        predictor_url=predictor_url, token=self._token(isvc))
+        pod = render.render_pod(isvc, "transformer", rev["name"], f"{rev['name']}-{secrets.token_hex(3)}",
+                                container, spec, port)
+        try:
+            self.store.create(POD, pod)
+        except errors.ApiError as err:
+            if err.code not in (404, 409):
+                raise
+
+    def _token(self, isvc: dict[str, Any]) -> str:
+        """The InferenceService's internal token, registered with the gateway's authorizer."""
+        meta = isvc["metadata"]
+        if self._key is None:
+            self._key = load_key(self.home)
+        token = internal_token(self._key, meta["namespace"], meta["name"], meta["uid"])
+        self.system.internal_tokens[token] = (meta["namespace"], meta["name"])
+        return token
+
+    # ---- transformer -------------------------------------------------------------------------------------
+
+    def _transformer(self, isvc: dict[str, Any], transformer: dict[str, Any], comp: dict[str, Any],
+                     pods: dict[str, list[dict[str, Any]]], now: float) -> tuple[list[Target], bool, str | None]:
+        """Revisions and replicas of the transformer: the latest revision takes all the traffic once ready (the
+        last ready one serves until then). Returns the traffic, whether it is serving, and a failure if any."""
+        meta = isvc["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self._token(isvc)
+        revisions: list[dict[str, Any]] = comp.setdefault("revisions", [])
+        want_hash = render.transformer_hash(transformer)
+        latest = next((r for r in revisions if r["hash"] == want_hash), None)
+        if latest is None:
+            number = max((int(r["name"].rsplit("-", 1)[1]) for r in revisions), default=0) + 1
+            latest = {"name": f"{name}-transformer-{number:05d}", "hash": want_hash,
+                      "spec": {k: copy.deepcopy(transformer[k]) for k in render.TRANSFORMER_FIELDS if k in transformer},
+                      "everReady": False}
+            revisions.append(latest)
+            self.recorder.record(isvc, "Normal", "RevisionCreated", f"Created revision {latest['name']}")
+        if self.system.ready_pods(namespace, latest["name"]):
+            latest["everReady"] = True
+        serving_rev = latest if latest["everReady"] else \
+            next((r for r in reversed(revisions) if r.get("everReady")), latest)
+        policy = policy_for(transformer, meta.get("annotations") or {})
+        failure = None
+        for rev in revisions:
+            rev_pods = pods.get(rev["name"], [])
+            ready = len(self.system.ready_pods(namespace, rev["name"]))
+            if rev is serving_rev:
+                scaler = self.system.autoscaler(namespace, rev["name"], policy)
+                want = scaler.desired(now, ready, pending=self.system.inflight(namespace, rev["name"]) if not ready
+                                      else 0)
+                if not rev.get("everReady"):
+                    want = max(want, 1)
+            elif rev is latest:
+                want = max(1, policy.min_replicas)
+            else:
+                want = 0
+            rev["replicas"] = want
+            if rev is latest:
+                failure = self._failure(rev_pods)
+            self._scale(isvc, rev, rev_pods, want, component="transformer")
+        while len(revisions) > MAX_REVISIONS:
+            old = next((r for r in revisions if r is not latest and r is not serving_rev
+                        and not pods.get(r["name"])), None)
+            if old is None:
+                break
+            revisions.remove(old)
+        comp["latestCreatedRevision"] = latest["name"]
+        ready_revs = [r["name"] for r in revisions if r.get("everReady")]
+        if ready_revs:
+            comp["latestReadyRevision"] = ready_revs[-1]
+        targets = [Target(serving_rev["name"], 100, serving_rev is latest)]
+        comp["traffic"] = [t.to_status() for t in targets]
+        server = ((config.read_credentials(self.home) or {}).get("server") or "").rstrip("/")
+        comp["url"] = f"{server}/serving/{namespace}/{name}"
+        serving = bool(self.system.ready_pods(namespace, serving_rev["name"])) or \
+            bool(serving_rev.get("everReady") and serving_rev["replicas"] == 0)
+        return targets, serving, failure
+
+    def _transformer_status(self, status: dict[str, Any], serving: bool, failure: str | None,
+                            generation: int) -> None:
+        if serving:
+            set_condition(status, "TransformerReady", True, "RevisionReady", "", generation=generation)
+        elif failure:
+            set_condition(status, "TransformerReady", False, "RevisionFailed", failure, generation=generation)
+        else:
+            set_condition(status, "TransformerReady", False, "RevisionMissing",
+                          "waiting for the transformer to become ready", generation=generation)
+        if not serving:
+            set_condition(status, "IngressReady", False, "NoReadyRevision", "the transformer is not ready",
+                          generation=generation)
+            set_condition(status, "Ready", False, "TransformerNotReady", "the transformer is not ready",
+                          generation=generation)
 
     def _delete_pod(self, pod: dict[str, Any]) -> None:
         try:

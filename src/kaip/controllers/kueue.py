@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kaip.api import batch, kueue  # noqa: F401  (registers the kinds)
@@ -30,6 +33,7 @@ from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Controller, owner_keys
 from kaip.executor.node import NodeCapacity, detect
 from kaip.jobs.framework import JobFramework
+from kaip.scheduling.backoff import RequeuingStrategy
 
 if TYPE_CHECKING:
     from kaip.server.runtime import KaipServer
@@ -43,15 +47,50 @@ def node_capacity(node: NodeCapacity) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True)
+class QueueSettings:
+    """Kaip's equivalent of Kueue's Configuration for the queueing features it has: `fairSharing` (on or off; the
+    preemption strategies are upstream's defaults) and `waitForPodsReady.requeuingStrategy`."""
+    fair_sharing: bool = False
+    requeuing: RequeuingStrategy = RequeuingStrategy()
+
+
+def queue_settings(env: Mapping[str, str]) -> QueueSettings:
+    """From the server's environment: KAIP_KUEUE_FAIR_SHARING=true, KAIP_KUEUE_BACKOFF_BASE_SECONDS (60),
+    KAIP_KUEUE_BACKOFF_MAX_SECONDS (3600), KAIP_KUEUE_BACKOFF_LIMIT_COUNT (unset: no limit) and
+    KAIP_KUEUE_BACKOFF_REASONS (comma-separated eviction reasons that back off; default PodsReadyTimeout)."""
+    def number(name: str) -> int | None:
+        value = env.get(name, "").strip()
+        if not value:
+            return None
+        if not value.isdigit():
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        return int(value)
+    default = RequeuingStrategy()
+    base, cap, limit = (number("KAIP_KUEUE_BACKOFF_BASE_SECONDS"), number("KAIP_KUEUE_BACKOFF_MAX_SECONDS"),
+                        number("KAIP_KUEUE_BACKOFF_LIMIT_COUNT"))
+    reasons = frozenset(r.strip() for r in env.get("KAIP_KUEUE_BACKOFF_REASONS", "").split(",") if r.strip())
+    requeuing = RequeuingStrategy(default.backoff_base_seconds if base is None else base,
+                                  default.backoff_max_seconds if cap is None else cap, limit,
+                                  reasons or default.reasons)
+    fair = env.get("KAIP_KUEUE_FAIR_SHARING", "").strip().lower()
+    if fair not in ("", "true", "false", "1", "0"):
+        raise ValueError(f"KAIP_KUEUE_FAIR_SHARING must be true or false, got {fair!r}")
+    return QueueSettings(fair in ("true", "1"), requeuing)
+
+
 def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
     store, manager = server.store, server.manager
+    settings = queue_settings(os.environ)
     metrics = QueueMetrics(server.metrics_registry)
     recorder = EventRecorder(store, "kueue-admission")
-    scheduler = QueueSchedulerReconciler(store, recorder, metrics, node_capacity(detect()))
+    scheduler = QueueSchedulerReconciler(store, recorder, metrics, node_capacity(detect()),
+                                         fair_sharing=settings.fair_sharing)
     manager.add(Controller("kueue-scheduler", scheduler, workers=1, initial_keys=lambda: [CYCLE_KEY], watches=[
         (WORKLOAD.key, cycle_key), (CLUSTER_QUEUE.key, cycle_key), (LOCAL_QUEUE.key, cycle_key),
         (COHORT.key, cycle_key), (RESOURCE_FLAVOR.key, cycle_key), (NAMESPACE.key, cycle_key)]))
-    manager.add(Controller("kueue-workload", WorkloadReconciler(store, recorder, metrics), for_kind=WORKLOAD,
+    workload = WorkloadReconciler(store, recorder, metrics, settings.requeuing)
+    manager.add(Controller("kueue-workload", workload, for_kind=WORKLOAD,
                            watches=[(CLUSTER_QUEUE.key, workloads_of_cluster_queue(store)),
                                     (LOCAL_QUEUE.key, workloads_of_local_queue(store))]))
     manager.add(Controller("kueue-clusterqueue", ClusterQueueReconciler(store, metrics), for_kind=CLUSTER_QUEUE,
@@ -61,7 +100,7 @@ def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
     manager.add(Controller("kueue-localqueue", LocalQueueReconciler(store), for_kind=LOCAL_QUEUE, workers=1,
                            watches=[(WORKLOAD.key, workload_local_queue),
                                     (CLUSTER_QUEUE.key, local_queues_of(store))]))
-    framework = JobFramework(store, EventRecorder(store, "kueue-job"))
+    framework = JobFramework(store, EventRecorder(store, "kueue-job"), settings.requeuing)
     manager.add(Controller("job", JobReconciler(store, EventRecorder(store, "job-controller"), framework),
                            for_kind=JOB, workers=2,
                            watches=[(POD.key, owner_keys(JOB)), (WORKLOAD.key, owner_keys(JOB))]))

@@ -23,8 +23,9 @@ def workload_cluster_queue(store: Store) -> Any:
         if admitted:
             yield ("", admitted)
         lq = store.try_get(LOCAL_QUEUE, change.namespace, (wl.get("spec") or {}).get("queueName") or "")
-        if lq is not None and lq["spec"].get("clusterQueue") and lq["spec"]["clusterQueue"] != admitted:
-            yield ("", lq["spec"]["clusterQueue"])
+        target = (lq.get("spec") or {}).get("clusterQueue") if lq is not None else None
+        if target and target != admitted:
+            yield ("", target)
     return mapper
 
 
@@ -43,7 +44,7 @@ def all_cluster_queues(store: Store) -> Any:
 def local_queues_of(store: Store) -> Any:
     def mapper(change: Change) -> Iterable[tuple[str, str]]:
         return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in store.list(LOCAL_QUEUE)[0]
-                if o["spec"].get("clusterQueue") == change.name]
+                if (o.get("spec") or {}).get("clusterQueue") == change.name]
     return mapper
 
 
@@ -59,7 +60,7 @@ class ClusterQueueReconciler:
             self.metrics.forget_cluster_queue(name)
             return None
         lq_names = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in self.store.list(LOCAL_QUEUE)[0]
-                    if o["spec"].get("clusterQueue") == name}
+                    if (o.get("spec") or {}).get("clusterQueue") == name}
         mine = []
         for wl in self.store.list(WORKLOAD)[0]:
             admitted_in = ((wl.get("status") or {}).get("admission") or {}).get("clusterQueue")
@@ -67,7 +68,7 @@ class ClusterQueueReconciler:
             if admitted_in == name or (admitted_in is None and queued_in):
                 mine.append(wl)
         summary = summarise(mine)
-        spec = cq["spec"]
+        spec = cq.get("spec") or {}
         flavors = {o["metadata"]["name"]: o for o in self.store.list(RESOURCE_FLAVOR)[0]}
         missing = missing_flavors(cq, flavors)
 
@@ -118,7 +119,7 @@ class LocalQueueReconciler:
             return None
         mine = [wl for wl in self.store.list(WORKLOAD, namespace)[0] if wl["spec"].get("queueName") == name]
         summary = summarise(mine)
-        cq_name = lq["spec"].get("clusterQueue") or ""
+        cq_name = (lq.get("spec") or {}).get("clusterQueue") or ""
         cq = self.store.try_get(CLUSTER_QUEUE, None, cq_name)
 
         def write(status: dict[str, Any], _obj: dict[str, Any]) -> None:
@@ -131,7 +132,7 @@ class LocalQueueReconciler:
             if cq is None:
                 set_condition(status, "Active", False, "ClusterQueueDoesNotExist",
                               "Can't submit new workloads to clusterQueue", generation=generation)
-            elif lq["spec"].get("stopPolicy", "None") != "None":
+            elif (lq.get("spec") or {}).get("stopPolicy", "None") != "None":
                 set_condition(status, "Active", False, "Stopped", "LocalQueue is stopped", generation=generation)
             else:
                 set_condition(status, "Active", True, "Ready", "Can submit new workloads to localQueue",

@@ -22,7 +22,7 @@ from kaip.controllers.queue_metrics import ROLE, QueueMetrics
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Result
 from kaip.jobs import workload as wls
-from kaip.scheduling import snapshot
+from kaip.scheduling import backoff, snapshot
 from kaip.scheduling.model import Workload
 from kaip.scheduling.scheduler import Scheduler
 from kaip.store.store import Change, Store
@@ -56,11 +56,12 @@ def missing_flavors(cq: dict[str, Any], flavors: dict[str, Any]) -> list[str]:
 
 class QueueSchedulerReconciler:
     def __init__(self, store: Store, recorder: EventRecorder, metrics: QueueMetrics,
-                 capacity: dict[str, int] | None = None) -> None:
+                 capacity: dict[str, int] | None = None, *, fair_sharing: bool = False) -> None:
         self.store = store
         self.recorder = recorder
         self.metrics = metrics
         self.capacity = capacity
+        self.fair_sharing = fair_sharing  # Kueue's Configuration `fairSharing` (KAIP_KUEUE_FAIR_SHARING)
 
     def reconcile(self, _key: str) -> Result | None:
         cqs = {o["metadata"]["name"]: o for o in self.store.list(CLUSTER_QUEUE)[0]}
@@ -73,7 +74,8 @@ class QueueSchedulerReconciler:
         models = [snapshot.cluster_queue(o, active=not missing_flavors(o, flavors)
                                          and not o["metadata"].get("deletionTimestamp")) for o in cqs.values()]
         active = {m.name for m in models if m.active}
-        sched = Scheduler(models, cohorts, [snapshot.flavor(o) for o in flavors.values()], capacity=self.capacity)
+        sched = Scheduler(models, cohorts, [snapshot.flavor(o) for o in flavors.values()], capacity=self.capacity,
+                          fair_sharing=self.fair_sharing)
         by_key: dict[str, dict[str, Any]] = {}
         waiting: dict[str, tuple[str, str]] = {}  # key -> (reason, message) for workloads that cannot queue
         for wl in workloads:
@@ -87,14 +89,14 @@ class QueueSchedulerReconciler:
                 if cq_name in cqs:
                     sched.add(snapshot.workload(wl, cq_name))
                 continue
-            if not wl["spec"].get("active", True):
-                continue
+            if not wl["spec"].get("active", True) or backoff.requeue_at(wl.get("status")) is not None:
+                continue  # deactivated, or backing off after an eviction (the workload controller requeues it)
             problem = self._inadmissible(wl, lqs, cqs, active, namespaces)
             if problem:
                 waiting[key] = ("Inadmissible", problem)
                 continue
             lq = lqs[(meta["namespace"], wl["spec"]["queueName"])]
-            sched.add(snapshot.workload(wl, lq["spec"]["clusterQueue"]))
+            sched.add(snapshot.workload(wl, (lq.get("spec") or {})["clusterQueue"]))
 
         result = sched.run()
         now = time.time()
@@ -124,15 +126,15 @@ class QueueSchedulerReconciler:
         lq = lqs.get((ns, queue))
         if lq is None:
             return f"LocalQueue {queue} doesn't exist"
-        if lq["spec"].get("stopPolicy", "None") != "None":
+        if (lq.get("spec") or {}).get("stopPolicy", "None") != "None":
             return f"LocalQueue {queue} is stopped"
-        cq_name = lq["spec"].get("clusterQueue")
+        cq_name = (lq.get("spec") or {}).get("clusterQueue")
         cq = cqs.get(cq_name or "")
         if cq is None:
             return f"ClusterQueue {cq_name} doesn't exist"
         if cq_name not in active:
             return f"ClusterQueue {cq_name} is inactive"
-        if not selector_matches(cq["spec"].get("namespaceSelector"), namespaces.get(ns, {})):
+        if not selector_matches((cq.get("spec") or {}).get("namespaceSelector"), namespaces.get(ns, {})):
             return "Workload namespace doesn't match ClusterQueue selector"
         return None
 
@@ -181,7 +183,8 @@ class QueueSchedulerReconciler:
     def _preempt(self, wl: dict[str, Any], preemptor: Workload, reason: str) -> None:
         where = {"InClusterQueue": "prioritization in the ClusterQueue",
                  "InCohortReclamation": "reclamation within the cohort",
-                 "InCohortReclaimWhileBorrowing": "reclamation within the cohort while borrowing"}[reason]
+                 "InCohortReclaimWhileBorrowing": "reclamation within the cohort while borrowing",
+                 "InCohortFairSharing": "Fair Sharing within the cohort"}[reason]
         message = f"Preempted to accommodate a workload (UID: {preemptor.uid}) due to {where}"
         written = self._write(wl, lambda s: wls.set_evicted(s, wls.EVICTED_BY_PREEMPTION, message,
                                                             preemption_reason=reason))

@@ -4,6 +4,9 @@
 - `maximumExecutionTimeSeconds` exceeded deactivates it (Kueue's MaximumExecutionTimeExceeded).
 - A ClusterQueue or LocalQueue with `stopPolicy: HoldAndDrain` evicts its admitted workloads
   (ClusterQueueStopped / LocalQueueStopped).
+- After an eviction whose reason backs off (`RequeuingStrategy.reasons`), a workload waits until
+  `status.requeueState.requeueAt`, then is requeued (Requeued=True, BackoffFinished); past the backoff limit it is
+  deactivated instead.
 - A Workload that no job owns has no pods to stop: once evicted it gives its quota back at once.
   Workloads owned by a job are released by the job framework, after the job's pods are gone.
 """
@@ -11,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kaip.api import errors
@@ -21,6 +24,7 @@ from kaip.controlplane.conditions import get_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Result
 from kaip.jobs import workload as wls
+from kaip.scheduling import backoff
 from kaip.scheduling.snapshot import parse_time
 from kaip.store.store import Change, Store
 
@@ -43,21 +47,34 @@ def workloads_of_local_queue(store: Store) -> Any:
 
 
 class WorkloadReconciler:
-    def __init__(self, store: Store, recorder: EventRecorder, metrics: QueueMetrics) -> None:
+    def __init__(self, store: Store, recorder: EventRecorder, metrics: QueueMetrics,
+                 requeuing: backoff.RequeuingStrategy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.recorder = recorder
         self.metrics = metrics
+        self.requeuing = requeuing or backoff.RequeuingStrategy()
+        self.clock = clock
 
     def reconcile(self, key: tuple[str, str]) -> Result | None:
         namespace, name = key
         wl = self.store.try_get(WORKLOAD, namespace, name)
-        if wl is None or wls.is_finished(wl) or not wls.has_quota_reservation(wl):
+        if wl is None or wls.is_finished(wl):
             return None
+        if not wls.has_quota_reservation(wl):
+            return self._backoff(wl)
         if wls.is_evicted(wl):
             owned = any(r.get("controller") for r in wl["metadata"].get("ownerReferences") or [])
             if not owned:
                 requeue = bool(wl["spec"].get("active", True))
-                self._status(wl, lambda s: wls.unset_quota_reservation(s, requeue=requeue))
+                exceeded: list[bool] = []
+                now = self.clock()
+                self._status(wl, lambda s: exceeded.append(
+                    wls.unset_quota_reservation(s, requeue=requeue, now=now, strategy=self.requeuing)))
+                if any(exceeded):
+                    wls.deactivate(self.store, wl)
+                    return None
+                return self._backoff(self.store.try_get(WORKLOAD, namespace, name))
             return None
         spec = wl["spec"]
         cq_name = wl["status"]["admission"]["clusterQueue"]
@@ -75,15 +92,28 @@ class WorkloadReconciler:
                             "The workload exceeded its maximum execution time (MaximumExecutionTimeExceeded)")
                 return None
         cq = self.store.try_get(CLUSTER_QUEUE, None, cq_name)
-        if cq is not None and cq["spec"].get("stopPolicy") == "HoldAndDrain":
+        if cq is not None and (cq.get("spec") or {}).get("stopPolicy") == "HoldAndDrain":
             self._evict(wl, wls.EVICTED_CLUSTER_QUEUE_STOPPED, "The ClusterQueue is stopped")
             return None
         lq = self.store.try_get(LOCAL_QUEUE, namespace, spec.get("queueName") or "")
-        if lq is not None and lq["spec"].get("stopPolicy") == "HoldAndDrain":
+        if lq is not None and (lq.get("spec") or {}).get("stopPolicy") == "HoldAndDrain":
             self._evict(wl, wls.EVICTED_LOCAL_QUEUE_STOPPED, "The LocalQueue is stopped")
             return None
         if limit:
             return Result(requeue_after=max(0.5, limit - ran))
+        return None
+
+    def _backoff(self, wl: dict[str, Any] | None) -> Result | None:
+        """A workload backing off after an eviction: requeued (BackoffFinished) once `requeueAt` has passed."""
+        if wl is None or wls.has_quota_reservation(wl):
+            return None
+        at = backoff.requeue_at(wl.get("status"))
+        if at is None:
+            return None
+        wait = at - self.clock()
+        if wait > 0:
+            return Result(requeue_after=wait)
+        self._status(wl, wls.finish_backoff)
         return None
 
     def _deactivate(self, wl: dict[str, Any]) -> None:

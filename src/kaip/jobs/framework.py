@@ -35,6 +35,7 @@ from kaip.api.kueue import (
 from kaip.api.validation import validate_document
 from kaip.controlplane.events import EventRecorder
 from kaip.jobs import workload as wls
+from kaip.scheduling import backoff
 from kaip.scheduling.snapshot import QUEUED_AT_ANNOTATION
 from kaip.store.store import Store
 
@@ -92,9 +93,11 @@ def workload_name(kind: KindInfo, name: str, uid: str) -> str:
 
 
 class JobFramework:
-    def __init__(self, store: Store, recorder: EventRecorder) -> None:
+    def __init__(self, store: Store, recorder: EventRecorder,
+                 requeuing: backoff.RequeuingStrategy | None = None) -> None:
         self.store = store
         self.recorder = recorder
+        self.requeuing = requeuing or backoff.RequeuingStrategy()
 
     # ---- lookups ------------------------------------------------------------------------------------
 
@@ -142,7 +145,11 @@ class JobFramework:
             if wls.has_quota_reservation(wl) and (wls.is_evicted(wl) or not wl["spec"].get("active", True)) \
                     and not job.is_active():
                 requeue = bool(wl["spec"].get("active", True))
-                self._status(wl, lambda s: wls.unset_quota_reservation(s, requeue=requeue))
+                exceeded: list[bool] = []
+                self._status(wl, lambda s: exceeded.append(
+                    wls.unset_quota_reservation(s, requeue=requeue, strategy=self.requeuing)))
+                if any(exceeded):
+                    wls.deactivate(self.store, wl)
             return False
         if job.is_suspended():
             infos = self._pod_set_infos(wl)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from kaip.controlplane.conditions import get_condition, is_true, set_condition
+from kaip.scheduling import backoff
 from kaip.scheduling.snapshot import parse_time
 
 QUOTA_RESERVED = "QuotaReserved"
@@ -69,8 +70,11 @@ def set_evicted(status: dict[str, Any], reason: str, message: str, *, preemption
         stats.append({"reason": reason, "underlyingCause": preemption_reason or "", "count": 1})
 
 
-def unset_quota_reservation(status: dict[str, Any], *, requeue: bool, now: float | None = None) -> None:
-    """The evicted workload's pods are gone: it gives its quota back and, unless deactivated, queues again."""
+def unset_quota_reservation(status: dict[str, Any], *, requeue: bool, now: float | None = None,
+                            strategy: backoff.RequeuingStrategy | None = None) -> bool:
+    """The evicted workload's pods are gone: it gives its quota back and, unless deactivated, queues again;
+    after an eviction whose reason backs off, only once `requeueState.requeueAt` has passed. True when the
+    requeuing limit is exceeded: the caller deactivates the workload (`spec.active: false`)."""
     now = time.time() if now is None else now
     reserved = get_condition(status, QUOTA_RESERVED)
     if reserved and reserved.get("status") == "True":
@@ -79,10 +83,43 @@ def unset_quota_reservation(status: dict[str, Any], *, requeue: bool, now: float
     evicted = get_condition(status, EVICTED) or {}
     reason = evicted.get("reason", "Pending")
     status.pop("admission", None)
+    if requeue and strategy is not None and reason in strategy.reasons:
+        state = status.get("requeueState") or {}
+        decision = backoff.decide(strategy, int(state.get("count") or 0), now)
+        if decision.deactivate:
+            set_pending(status, f"The workload is deactivated ({backoff.REQUEUING_LIMIT_EXCEEDED}): it was requeued "
+                        f"{decision.count} time(s), the backoff limit", reason="Inadmissible")
+            return True
+        assert decision.requeue_at is not None
+        at = backoff.format_time(decision.requeue_at)
+        status["requeueState"] = {"count": decision.count, "requeueAt": at}
+        set_pending(status, f"The workload was evicted ({reason}) and backs off until {at}", reason="Pending")
+        set_condition(status, REQUEUED, False, reason, f"The workload backs off until {at}")
+        return False
     set_pending(status, f"The workload was evicted ({reason}) and is pending again" if requeue else
                 f"The workload is deactivated ({reason})", reason="Pending" if requeue else "Inadmissible")
     if requeue:
         set_condition(status, REQUEUED, True, reason, "The workload was requeued after its eviction")
+    return False
+
+
+def deactivate(store: Any, wl: dict[str, Any]) -> None:
+    """`spec.active: false` (the requeuing limit was exceeded): the workload is not queued again."""
+    def apply(obj: dict[str, Any]) -> dict[str, Any]:
+        obj["spec"]["active"] = False
+        return obj
+    from kaip.api.kueue import WORKLOAD
+
+    meta = wl["metadata"]
+    store.mutate(WORKLOAD, meta["namespace"], meta["name"], apply)
+
+
+def finish_backoff(status: dict[str, Any]) -> None:
+    """The backoff is over: the workload queues again (Requeued=True, BackoffFinished); the count stays."""
+    state = status.get("requeueState") or {}
+    state.pop("requeueAt", None)
+    status["requeueState"] = state
+    set_condition(status, REQUEUED, True, backoff.BACKOFF_FINISHED, "The workload backoff was finished")
 
 
 def set_finished(status: dict[str, Any], succeeded: bool, message: str) -> bool:

@@ -61,6 +61,7 @@ def flavor_matches(pod_set: PodSet, flavor: Flavor) -> str | None:
 class FlavorAssigner:
     def __init__(self, tree: QuotaTree, flavors: dict[str, Flavor]) -> None:
         self.tree = tree
+        self.fair_sharing = False  # as upstream's canPreemptWhileBorrowing: fair sharing may preempt to borrow
         self.flavors = flavors
 
     def assign(self, wl: Workload, cq: ClusterQueue) -> Assignment:
@@ -153,7 +154,7 @@ class FlavorAssigner:
                    f"{show(value - max(available, 0))} more needed")
         # As upstream: preemption is worth trying for a request within nominal quota, or while borrowing
         # only when borrowWithinCohort allows it.
-        if value <= tree.nominal(cq.name, fr) or cq.preemption.borrow_within_cohort != NEVER:
+        if value <= tree.nominal(cq.name, fr) or cq.preemption.borrow_within_cohort != NEVER or self.fair_sharing:
             # Preempting makes room first: it borrows only if the request alone exceeds nominal quota.
             return PREEMPT, value > tree.nominal(cq.name, fr), why
         return NO_FIT, borrow, why

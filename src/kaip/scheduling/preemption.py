@@ -27,6 +27,12 @@ from kaip.scheduling.quota import QuotaTree
 IN_CLUSTER_QUEUE = "InClusterQueue"
 IN_COHORT_RECLAMATION = "InCohortReclamation"
 IN_COHORT_RECLAIM_WHILE_BORROWING = "InCohortReclaimWhileBorrowing"
+IN_COHORT_FAIR_SHARING = "InCohortFairSharing"
+
+# Kueue's fair-sharing preemption strategies (Configuration fairSharing.preemptionStrategies), default both in order.
+LESS_THAN_OR_EQUAL_TO_FINAL_SHARE = "LessThanOrEqualToFinalShare"
+LESS_THAN_INITIAL_SHARE = "LessThanInitialShare"
+DEFAULT_FAIR_STRATEGIES = (LESS_THAN_OR_EQUAL_TO_FINAL_SHARE, LESS_THAN_INITIAL_SHARE)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,88 @@ class Preemptor:
         borrowing = self._would_borrow(cq, usage, found)
         return [Target(t, IN_CLUSTER_QUEUE if t.cluster_queue == cq.name else
                        IN_COHORT_RECLAIM_WHILE_BORROWING if borrowing else IN_COHORT_RECLAMATION) for t in found]
+
+    # ---- fair sharing -----------------------------------------------------------------------------------
+
+    def share(self, cq: str, extra: dict[FR, int] | None = None) -> float:
+        return self.tree.share(self.tree.queues[cq], self.queues[cq].fair_weight, extra)
+
+    def fair_targets(self, wl: Workload, assignment: Assignment,
+                     strategies: Iterable[str] = DEFAULT_FAIR_STRATEGIES) -> list[Target]:
+        """Fair-sharing preemption (Kueue preemption.md#fair-sharing): candidates as in classic preemption
+        (borrowWithinCohort is ignored), taken from the ClusterQueue with the highest share first. A workload of
+        another ClusterQueue is preempted only while the preemptor's queue, counting the incoming workload, keeps
+        a share at most that of the target's queue after the removal (LessThanOrEqualToFinalShare) or below it
+        before the removal (LessThanInitialShare); strategies are tried in order. The set is then minimised."""
+        cq = self.queues[wl.cluster_queue]
+        frs = assignment.preempt_frs or set(assignment.usage)
+        candidates = self._candidates(wl, cq, frs)
+        if not candidates:
+            return []
+        candidates.sort(key=lambda c: (not c.evicted, c.priority, -c.reserved_at, c.uid))
+        usage = assignment.usage
+        found: list[Workload] = []
+        for strategy in strategies:
+            found = self._fair_greedy(wl, cq, usage, candidates, strategy)
+            if found:
+                break
+        if not found:
+            return []
+        found = self._minimise(usage, cq, found, allow_borrowing=True)
+        return [Target(t, IN_CLUSTER_QUEUE if t.cluster_queue == cq.name else IN_COHORT_FAIR_SHARING) for t in found]
+
+    def _fair_greedy(self, wl: Workload, cq: ClusterQueue, usage: dict[FR, int], candidates: list[Workload],
+                     strategy: str) -> list[Workload]:
+        by_queue: dict[str, list[Workload]] = {}
+        for cand in candidates:
+            by_queue.setdefault(cand.cluster_queue, []).append(cand)
+        targets: list[Workload] = []
+        while not self._fits(usage, cq, allow_borrowing=True):
+            live = [name for name, queue in by_queue.items() if queue]
+            if not live:
+                self._restore(targets)
+                return []
+            name = max(live, key=lambda n: (self.share(n), n == cq.name, n))
+            cand = by_queue[name].pop(0)
+            if name == cq.name:
+                self._remove([cand])
+                targets.append(cand)
+                continue
+            if not self.tree.borrowing(name, set(cand.admission.usage()) if cand.admission else ()):
+                by_queue[name] = []  # no longer borrowing: another queue's nominal quota is never taken
+                continue
+            mine = self.share(cq.name, usage)
+            if strategy == LESS_THAN_INITIAL_SHARE:
+                if mine < self.share(name):
+                    self._remove([cand])
+                    targets.append(cand)
+                else:
+                    by_queue[name] = []  # its share is no higher than ours: none of its workloads may go
+                continue
+            self._remove([cand])
+            if mine <= self.share(name):
+                targets.append(cand)
+            else:
+                self._restore([cand])
+                by_queue[name] = []
+        self._restore(targets)
+        return targets
+
+    def _minimise(self, usage: dict[FR, int], cq: ClusterQueue, targets: list[Workload], *,
+                  allow_borrowing: bool) -> list[Workload]:
+        """Put back, newest target first, every workload the preemptor fits without."""
+        targets = list(targets)
+        self._remove(targets)
+        i = len(targets) - 2
+        while i >= 0:
+            self._restore([targets[i]])
+            if self._fits(usage, cq, allow_borrowing):
+                targets.pop(i)
+            else:
+                self._remove([targets[i]])
+            i -= 1
+        self._restore(targets)
+        return targets
 
     def _candidates(self, wl: Workload, cq: ClusterQueue, frs: set[FR]) -> list[Workload]:
         out: list[Workload] = []

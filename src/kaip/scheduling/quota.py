@@ -205,3 +205,51 @@ class QuotaTree:
                     if change:
                         next_deltas[fr] = change
             node, deltas = parent, next_deltas
+
+    # ---- fair sharing -------------------------------------------------------------------------------
+
+    def path_deltas(self, cq: str, usage: dict[FR, int]) -> dict[str, dict[FR, int]]:
+        """How adding `usage` to a ClusterQueue would change each node's usage up the tree (no mutation)."""
+        out: dict[str, dict[FR, int]] = {}
+        node: Node | None = self.queues[cq]
+        deltas = dict(usage)
+        while node is not None and deltas:
+            out[node.name] = deltas
+            parent = node.parent
+            next_deltas: dict[FR, int] = {}
+            if parent is not None:
+                for fr, delta in deltas.items():
+                    before = node.usage.get(fr, 0)
+                    g = node.guaranteed(fr)
+                    change = max(0, before + delta - g) - max(0, before - g)
+                    if change:
+                        next_deltas[fr] = change
+            node, deltas = parent, next_deltas
+        return out
+
+    def lendable(self, node: Node) -> dict[str, int]:
+        """What a node's subtree can lend, by resource name over all flavors (Kueue's calculateLendable)."""
+        out: dict[str, int] = {}
+        for (_flavor, resource), amount in node.subtree.items():
+            out[resource] = out.get(resource, 0) + amount
+        return out
+
+    def share(self, node: Node, weight: float, extra: dict[FR, int] | None = None) -> float:
+        """Dominant resource share (Kueue's DRS, pkg/cache/scheduler/fair_sharing.go): the largest ratio, over
+        resources, of what the node borrows beyond its subtree quota to what its parent can lend, ×1000, divided
+        by the fair-sharing weight. 0 when not borrowing (or at the root); infinite when borrowing with weight 0."""
+        if node.parent is None:
+            return 0.0
+        extra = extra or {}
+        borrowed: dict[str, int] = {}
+        for fr in set(node.usage) | set(extra):
+            over = node.usage.get(fr, 0) + extra.get(fr, 0) - node.subtree.get(fr, 0)
+            if over > 0:
+                borrowed[fr[1]] = borrowed.get(fr[1], 0) + over
+        if not borrowed:
+            return 0.0
+        lendable = self.lendable(node.parent)
+        drs = max((b * 1000 // lendable[r] for r, b in borrowed.items() if lendable.get(r, 0) > 0), default=0)
+        if weight <= 0:
+            return float("inf")
+        return drs / weight

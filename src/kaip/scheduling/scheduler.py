@@ -19,7 +19,7 @@ from kaip.scheduling.flavors import FIT, NO_FIT, PREEMPT, Assignment, FlavorAssi
 from kaip.scheduling.model import FR, Admission, ClusterQueue, Cohort, Flavor, Workload
 from kaip.scheduling.preemption import Preemptor, Target
 from kaip.scheduling.queues import ClusterQueueQueue
-from kaip.scheduling.quota import QuotaTree
+from kaip.scheduling.quota import Node, QuotaTree
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,10 @@ class _Entry:
 
 class Scheduler:
     def __init__(self, queues: Iterable[ClusterQueue], cohorts: Iterable[Cohort] = (),
-                 flavors: Iterable[Flavor] = (), *, capacity: dict[str, int] | None = None) -> None:
+                 flavors: Iterable[Flavor] = (), *, capacity: dict[str, int] | None = None,
+                 fair_sharing: bool = False) -> None:
+        self.fair_sharing = fair_sharing  # Kueue's Configuration `fairSharing`: DRS ordering and preemption
+        self.cohort_weights = {c.name: c.fair_weight for c in cohorts}
         self.queues = {q.name: q for q in queues}
         self.tree = QuotaTree(self.queues.values(), cohorts, capacity)
         self.flavors = {f.name: f for f in flavors}
@@ -70,6 +73,7 @@ class Scheduler:
             self.members.setdefault(self.tree.root_name(name), set()).add(name)
         self.disabled = {name for name in self.queues if self.tree.in_cyclic_cohort(name)}
         self.assigner = FlavorAssigner(self.tree, self.flavors)
+        self.assigner.fair_sharing = fair_sharing
         self.preemptor = Preemptor(self.tree, self.queues, self.admitted)
         self.messages: dict[str, str] = {}  # why each pending workload is still pending
         self._ready: set[str] = set()  # queues that may have a head to try: a cycle touches only these
@@ -140,14 +144,67 @@ class Scheduler:
         if heads:
             self.cycles += 1
             entries = [self._nominate(wl) for wl in heads]
-            entries.sort(key=lambda e: (e.assignment.borrowing, -e.workload.priority, e.workload.timestamp,
-                                        e.workload.key))
             preempting: set[str] = set()
             reserved: dict[str, dict[FR, int]] = {}
-            for entry in entries:
-                self._process(entry, preempting, reserved, result)
+            if self.fair_sharing:
+                while entries:
+                    entry = self._tournament(entries)
+                    entries.remove(entry)
+                    self._process(entry, preempting, reserved, result)
+            else:
+                entries.sort(key=lambda e: (e.assignment.borrowing, -e.workload.priority, e.workload.timestamp,
+                                            e.workload.key))
+                for entry in entries:
+                    self._process(entry, preempting, reserved, result)
         self.cpu_seconds += time.process_time() - started
         return result
+
+    def _tournament(self, entries: list[_Entry]) -> _Entry:
+        """Kueue's fair-sharing iterator (pkg/scheduler/fair_sharing_iterator.go): up each cohort tree, at every
+        level the child whose share, counting its nominated workload, is lowest wins; ties go to higher
+        priority, then FIFO. Trees are independent, so the next entry is the best winner over all trees by the
+        same order (shares recomputed after every admission, as the iterator recomputes them)."""
+        by_node: dict[str, list[_Entry]] = {}
+        for e in entries:
+            by_node.setdefault(e.workload.cluster_queue, []).append(e)
+        winners: list[tuple[float, _Entry]] = []
+        roots = {self.tree.root_name(e.workload.cluster_queue) for e in entries}
+        for root in roots:
+            node = self.tree.cohorts.get(root) if not root.startswith("cq:") else None
+            if node is None:  # a ClusterQueue without a cohort: its own entry, share 0
+                e = by_node[root[3:]][0]
+                winners.append((0.0, e))
+                continue
+            won = self._play(node, by_node)
+            if won is not None:
+                winners.append(won)
+        return min(winners, key=lambda w: self._order(w[0], w[1]))[1]
+
+    @staticmethod
+    def _order(share: float, e: _Entry) -> tuple[float, int, float, str]:
+        return share, -e.workload.priority, e.workload.timestamp, e.workload.key
+
+    def _play(self, node: Node, by_node: dict[str, list[_Entry]]) -> tuple[float, _Entry] | None:
+        """The winner of a subtree, with its share at this node's level."""
+        contenders: list[tuple[float, _Entry]] = []
+        for child in node.children:
+            if child.is_queue:
+                found = by_node.get(child.name)
+                if not found:
+                    continue
+                e = found[0]
+                contenders.append((self.tree.share(child, self.queues[child.name].fair_weight, e.assignment.usage), e))
+            else:
+                won = self._play(child, by_node)
+                if won is None:
+                    continue
+                e = won[1]
+                extra = self.tree.path_deltas(e.workload.cluster_queue, e.assignment.usage).get(child.name, {})
+                weight = self.cohort_weights.get(child.name, 1.0)
+                contenders.append((self.tree.share(child, weight, extra), e))
+        if not contenders:
+            return None
+        return min(contenders, key=lambda c: self._order(c[0], c[1]))
 
     def _nominate(self, wl: Workload) -> _Entry:
         """Flavor assignment and preemption targets. A preemptor waiting for its targets is nominated every
@@ -160,7 +217,8 @@ class Scheduler:
         assignment = self.assigner.assign(wl, cq)
         targets: list[Target] = []
         if assignment.mode == PREEMPT:
-            targets = self.preemptor.targets(wl, assignment)
+            targets = (self.preemptor.fair_targets(wl, assignment) if self.fair_sharing
+                       else self.preemptor.targets(wl, assignment))
         entry = _Entry(wl, assignment, targets)
         if assignment.mode == PREEMPT:
             self._nominations[wl.key] = (version, entry)

@@ -58,7 +58,7 @@ def _weight(spec: dict[str, Any]) -> float:
 
 
 def flavor_names(cq: dict[str, Any]) -> list[str]:
-    return [f["name"] for rg in cq["spec"].get("resourceGroups") or [] for f in rg.get("flavors") or []]
+    return [f["name"] for rg in (cq.get("spec") or {}).get("resourceGroups") or [] for f in rg.get("flavors") or []]
 
 
 def cluster_queue(obj: dict[str, Any], *, active: bool = True) -> ClusterQueue:

@@ -11,6 +11,7 @@ from kaip.controllers.inferenceservice import InferenceServiceReconciler
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Controller, owner_keys
 from kaip.serving.gateway import Gateway
+from kaip.serving.internal import ServingAuthorizer
 from kaip.serving.metrics import FederatedCollector, GatewayMetrics
 from kaip.serving.predictions import PredictionLog
 from kaip.serving.system import ServingSystem
@@ -20,7 +21,8 @@ def install(server: Any) -> ServingSystem:
     """Called once by KaipServer while it adds its controllers; returns the system to stop with the server."""
     system = ServingSystem()
     server.metrics_registry.register(FederatedCollector(system))
-    gateway = Gateway(system, server.authorizer, GatewayMetrics(server.metrics_registry),
+    authorizer = ServingAuthorizer(server.authorizer, system.internal_tokens)
+    gateway = Gateway(system, authorizer, GatewayMetrics(server.metrics_registry),
                       PredictionLog(server.home / "predictions"))
     server.app.mount("/serving", gateway)
     reconciler = InferenceServiceReconciler(server.store, server.executor, system,

@@ -123,3 +123,28 @@ def render_pod(isvc: dict[str, Any], component: str, revision: str, pod_name: st
                                           "blockOwnerDeletion": True}]},
         "spec": pod_spec,
     }
+
+
+TRANSFORMER_MODULE = "kaip.serving.runtimes.transformer"
+TRANSFORMER_FIELDS = ("containers", "labels", "annotations", "resources", "serviceAccountName", "priorityClassName",
+                      "terminationGracePeriodSeconds")
+
+
+def transformer_hash(component: dict[str, Any]) -> str:
+    relevant = {k: component[k] for k in TRANSFORMER_FIELDS if k in component}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def render_transformer_container(container: dict[str, Any], *, name: str, port: int, predictor_url: str,
+                                 token: str) -> dict[str, Any]:
+    """The transformer's container: without a command, Kaip's transformer runtime; the model name, the replica's
+    port and the predictor's internal URL are added as KServe adds `--model_name` / `--predictor_host`."""
+    merged = render_container(None, {**container, "command": container.get("command") or
+                                     ["python", "-m", TRANSFORMER_MODULE]}, name=name, model_dir=None, port=port)
+    merged["name"] = container.get("name") or "kserve-container"
+    args = [a for a in merged["args"] if not a.startswith(("--http_port=", "--predictor_url="))]
+    if not any(a.startswith("--model_name=") for a in args):
+        args.insert(0, f"--model_name={name}")
+    merged["args"] = [*args, f"--http_port={port}", f"--predictor_url={predictor_url}"]
+    merged["env"].append({"name": "KAIP_PREDICTOR_TOKEN", "value": token})
+    return merged

@@ -65,6 +65,7 @@ class ServingSystem:
         self.meters: dict[Key, ConcurrencyMeter] = {}
         self.autoscalers: dict[Key, Autoscaler] = {}
         self.pending: dict[Key, int] = {}
+        self.internal_tokens: dict[str, Key] = {}  # token -> InferenceService (see kaip.serving.internal)
         self.poke: Callable[[Key], None] = lambda _key: None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -81,6 +82,14 @@ class ServingSystem:
 
     def drop(self, namespace: str, name: str, revisions: list[str]) -> None:
         self.routes.pop((namespace, name), None)
+        self.routes.pop((namespace, f"{name}~predictor"), None)
+        for token, owner in list(self.internal_tokens.items()):
+            if owner == (namespace, name):
+                self.internal_tokens.pop(token, None)
+        self.forget(namespace, revisions)
+
+    def forget(self, namespace: str, revisions: list[str]) -> None:
+        """Endpoints, meters and autoscalers of revisions that no longer exist."""
         for rev in revisions:
             for table in (self.endpoints, self.meters, self.autoscalers, self.pending, self.probe_paths, self.owners):
                 table.pop((namespace, rev), None)  # type: ignore[attr-defined]
