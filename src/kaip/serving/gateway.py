@@ -216,6 +216,17 @@ class Gateway:
             except TimeoutError:
                 pass
 
+    def _retry_revision(self, route: Route, revision: str, tried: set[str]) -> str:
+        """The revision a retry goes to: the same one while it has another ready replica, else one picked from the
+        route as it is now — traffic may have moved on (a promotion or rollback scaled this revision down while the
+        request was in flight), and waiting for a revision that no longer gets traffic would never end."""
+        eps = self.system.endpoints.get((route.namespace, revision), [])
+        if any(e.ready and e.pod not in tried for e in eps):
+            return revision
+        current = self.system.routes.get((route.namespace, route.name))
+        picked = current.picker.pick() if current is not None else None
+        return picked or revision
+
     def _release(self, route: Route, ep: Endpoint) -> None:
         ep.inflight = max(ep.inflight - 1, 0)
         ev = self._freed.get((route.namespace, ep.revision))
@@ -298,6 +309,8 @@ class Gateway:
         transforms = [r.json for r in rewrites or [] if r.json is not None]
         streams = [r.stream for r in rewrites or [] if r.stream is not None]
         for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                revision = self._retry_revision(route, revision, tried)
             ep = await self._acquire(route, revision, deadline, frozenset(tried))
             try:
                 remaining = max(deadline - time.monotonic(), 0.001)
