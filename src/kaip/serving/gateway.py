@@ -203,9 +203,14 @@ class Gateway:
             if ep is not None:
                 ep.inflight += 1
                 return ep
-            if not any(e.ready for e in eps) and not poked:
-                self.system.poke((route.namespace, route.name))  # cold start: let the controller scale up now
-                poked = True
+            if not any(e.ready for e in eps):
+                moved = self._moved_from(route, revision)
+                if moved is not None and moved != revision:  # traffic left this revision while we waited
+                    revision, key = moved, (route.namespace, moved)
+                    continue
+                if not poked:
+                    self.system.poke((route.namespace, route.name))  # cold start: let the controller scale up now
+                    poked = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise GatewayError(503 if not any(e.ready for e in eps) else 429,
@@ -215,6 +220,14 @@ class Gateway:
                 await asyncio.wait_for(ev.wait(), min(remaining, 0.02))
             except TimeoutError:
                 pass
+
+    def _moved_from(self, route: Route, revision: str) -> str | None:
+        """Another revision to use when the route as it is now sends `revision` no traffic (a rollout or rollback
+        happened after this request picked it), else None."""
+        current = self.system.routes.get((route.namespace, route.name))
+        if current is None or any(t.revision == revision and t.percent > 0 for t in current.targets):
+            return None
+        return current.picker.pick()
 
     def _retry_revision(self, route: Route, revision: str, tried: set[str]) -> str:
         """The revision a retry goes to: the same one while it has another ready replica, else one picked from the
