@@ -37,9 +37,9 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 kaip get knowledgebases -n healthcare
-echo "== as member EVM-100001: kaip kb query member-kb 'How much of my deductible have I met?'"
+echo "== as member EVM-100001: kaip kb query member-kb 'my deductible met, my claims and prescriptions'"
 MEMBER_TOKEN=$(kaip create token member-evm-100001 -n healthcare)
-KAIP_TOKEN=$MEMBER_TOKEN kaip kb query member-kb "How much of my deductible have I met?" -n healthcare -k 3
+KAIP_TOKEN=$MEMBER_TOKEN kaip kb query member-kb "my deductible met, my claims and prescriptions" -n healthcare -k 3
 cat <<MSG
 
 Kaip is running at http://127.0.0.1:$PORT (state in $KAIP_HOME). In another shell:

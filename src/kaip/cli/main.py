@@ -78,7 +78,8 @@ def up(port: Annotated[int, typer.Option(help="Port to listen on.")] = config.DE
 
     logging.basicConfig(level=os.environ.get("KAIP_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "faiss", "sentence_transformers"):  # their INFO lines say nothing a user needs
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     home_dir = config.home(home)
     try:
         server = KaipServer(home_dir, database_url=database_url)
