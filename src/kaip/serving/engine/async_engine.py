@@ -167,15 +167,9 @@ class KaipEngine:
         return await asyncio.to_thread(self._embed, texts)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        torch = self.torch
-        out = []
-        with torch.no_grad():
-            for text in texts:
-                ids = torch.tensor([self.tokenize(text)[: self.max_model_len]])
-                hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-                vec = torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
-                out.append([float(x) for x in vec])
-        return out
+        from kaip.serving.runtimes.engine import mean_pooled_embeddings
+
+        return mean_pooled_embeddings(self.torch, self.model, self.tokenize, self.max_model_len, texts)
 
     # ---- metrics beyond the runtime's gauges --------------------------------------------------------------
 

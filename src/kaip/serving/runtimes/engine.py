@@ -187,15 +187,7 @@ class TransformersEngine:
         return await asyncio.to_thread(self._embed, texts)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        torch = self.torch
-        out = []
-        with torch.no_grad():
-            for text in texts:
-                ids = torch.tensor([self.tokenize(text)[: self.max_model_len]])
-                hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-                vec = torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
-                out.append([float(x) for x in vec])
-        return out
+        return mean_pooled_embeddings(self.torch, self.model, self.tokenize, self.max_model_len, texts)
 
     def stats(self) -> EngineStats:
         with self._lock:
@@ -205,3 +197,16 @@ class TransformersEngine:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def mean_pooled_embeddings(torch: Any, model: Any, tokenize: Any, max_len: int, texts: list[str]) -> list[list[float]]:
+    """Embeddings from a causal LM: the last hidden state, mean-pooled over the tokens and L2-normalised."""
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenize(text)[:max_len]])
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+            vec = torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
+            out.append([float(x) for x in vec])
+    return out
+
