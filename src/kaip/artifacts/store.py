@@ -7,6 +7,7 @@ sha256 of what was written is computed on the way through and returned, for the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 CHUNK = 1024 * 1024
 
@@ -70,41 +72,30 @@ class ArtifactStore:
         return rel, target
 
     def write_chunks(self, path: str, chunks: Iterable[bytes]) -> Written:
-        rel, target = self._target(path)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(tmp, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
-        return Written(rel, size, digest.hexdigest())
+        with self._atomic(path) as out:
+            for chunk in chunks:
+                out.write(chunk)
+        return out.written
 
     def write_bytes(self, path: str, data: bytes) -> Written:
         return self.write_chunks(path, [data])
 
     async def write_stream(self, path: str, chunks: AsyncIterator[bytes]) -> Written:
         """Write an async byte stream (a request body) without holding it all in memory."""
+        with self._atomic(path) as out:
+            async for chunk in chunks:
+                out.write(chunk)
+        return out.written
+
+    @contextlib.contextmanager
+    def _atomic(self, path: str) -> Iterator[_AtomicFile]:
+        """A file written under a temporary name, fsynced and renamed into place only if the block succeeds."""
         rel, target = self._target(path)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        digest = hashlib.sha256()
-        size = 0
         try:
             with open(tmp, "wb") as fh:
-                async for chunk in chunks:
-                    if chunk:
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
+                out = _AtomicFile(fh, rel)
+                yield out
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
@@ -112,7 +103,6 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
-        return Written(rel, size, digest.hexdigest())
 
     # ---- reading ------------------------------------------------------------------------------------
 
@@ -184,3 +174,24 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class _AtomicFile:
+    """Counts and hashes what is written, for the `Written` record."""
+
+    def __init__(self, fh: BinaryIO, rel: str) -> None:
+        self._fh = fh
+        self._rel = rel
+        self._digest = hashlib.sha256()
+        self._size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if chunk:
+            self._fh.write(chunk)
+            self._digest.update(chunk)
+            self._size += len(chunk)
+
+    @property
+    def written(self) -> Written:
+        return Written(self._rel, self._size, self._digest.hexdigest())
+

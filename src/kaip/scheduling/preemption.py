@@ -152,6 +152,12 @@ class Preemptor:
         """Put back, newest target first, every workload the preemptor fits without."""
         targets = list(targets)
         self._remove(targets)
+        return self._put_back(usage, cq, targets, allow_borrowing=allow_borrowing)
+
+    def _put_back(self, usage: dict[FR, int], cq: ClusterQueue, targets: list[Workload], *,
+                  allow_borrowing: bool) -> list[Workload]:
+        """With `targets` removed: put back, newest first, every one the preemptor fits without; the rest are
+        restored to the snapshot too and returned as the workloads to preempt."""
         i = len(targets) - 2
         while i >= 0:
             self._restore([targets[i]])
@@ -235,14 +241,4 @@ class Preemptor:
         if not fits:
             self._restore(targets)
             return []
-        # Put back, newest target first, every workload the preemptor fits without.
-        i = len(targets) - 2
-        while i >= 0:
-            self._restore([targets[i]])
-            if self._fits(usage, cq, allow_borrowing):
-                targets.pop(i)
-            else:
-                self._remove([targets[i]])
-            i -= 1
-        self._restore(targets)
-        return targets
+        return self._put_back(usage, cq, targets, allow_borrowing=allow_borrowing)
