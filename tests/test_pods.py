@@ -450,3 +450,44 @@ def test_events_are_listable_and_pods_are_stored_with_status(c: httpx.Client, li
     assert r.status_code == 200 and r.json()["message"] == "Pod succeeded"
     stored = live.server.store.get(POD, NS, "eventful")
     assert stored["status"]["phase"] == "Succeeded"
+
+
+# ---- service-account credentials ------------------------------------------------------------------------
+
+WHOAMI = """
+    import os, urllib.request, urllib.error
+    if "KAIP_TOKEN" not in os.environ:
+        print("no-token"); raise SystemExit(0)
+    print("mlflow", os.environ["MLFLOW_TRACKING_URI"] == os.environ["KAIP_SERVER"],
+          os.environ["MLFLOW_TRACKING_TOKEN"] == os.environ["KAIP_TOKEN"])
+    for ns in ("default", "other"):
+        req = urllib.request.Request(os.environ["KAIP_SERVER"] + f"/api/v1/namespaces/{ns}/configmaps",
+                                     headers={"Authorization": "Bearer " + os.environ["KAIP_TOKEN"]})
+        try:
+            print(ns, urllib.request.urlopen(req).status)
+        except urllib.error.HTTPError as err:
+            print(ns, err.code)
+"""
+
+
+def test_pod_calls_the_api_as_its_service_account(server: LiveServer) -> None:
+    """A pod's process gets a token for its service account: it may do what that account's RoleBindings allow
+    (here: read in its namespace) and nothing else; opting out, or an account that does not exist, gets none."""
+    with server.client() as c:
+        assert c.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
+                                                  "metadata": {"name": "other"}}).status_code == 201
+        create(c, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}},
+               f"/api/v1/namespaces/{NS}/serviceaccounts")
+        create(c, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "runner-view"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": NS}]},
+               f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings")
+        create(c, pod_doc("as-runner", WHOAMI, serviceAccountName="runner"))
+        create(c, pod_doc("opted-out", WHOAMI, serviceAccountName="runner", automountServiceAccountToken=False))
+        create(c, pod_doc("no-account", WHOAMI, serviceAccountName="missing"))
+        for name in ("as-runner", "opted-out", "no-account"):
+            wait_phase(c, name, "Succeeded")
+        assert log(c, "as-runner").split("\n")[:3] == ["mlflow True True", "default 200", "other 403"]
+        assert log(c, "opted-out").strip() == "no-token"
+        assert log(c, "no-account").strip() == "no-token"

@@ -129,6 +129,7 @@ class PodSpec(Schema):
     activeDeadlineSeconds: int | None = Field(default=None, ge=1)
     nodeName: str | None = None
     serviceAccountName: str | None = None
+    automountServiceAccountToken: bool | None = None
     priorityClassName: str | None = None
     schedulerName: str | None = None
 

@@ -52,6 +52,8 @@ class RunTemplate(Schema):
     pipelineRef: PipelineRef | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     enableCaching: bool = True
+    # The service account the run's task pods run as (KFP's `service_account`); their API credentials are its.
+    serviceAccountName: str | None = None
 
     @field_validator("pipelineSpec")
     @classmethod

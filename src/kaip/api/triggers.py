@@ -67,6 +67,7 @@ class TriggerSpec(Schema):
     parameters: dict[str, Any] = Field(default_factory=dict)
     eventParameters: dict[str, str] = Field(default_factory=dict)
     enableCaching: bool = True
+    serviceAccountName: str | None = None
     pollIntervalSeconds: int = Field(default=30, ge=1, le=86400)
     suspend: bool = False
 

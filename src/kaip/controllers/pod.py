@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from kaip.controlplane.conditions import set_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Result
 from kaip.executor.local import LocalExecutor, ProcessRef
+from kaip.server.podcredentials import PodCredentials
 from kaip.store.store import Store, now_rfc3339
 
 BACKOFF_BASE = 1.0
@@ -96,8 +98,10 @@ def pod_phase(statuses: list[dict[str, Any]], decisions: list[Decision]) -> str:
 
 
 class PodReconciler:
-    def __init__(self, store: Store, executor: LocalExecutor, recorder: EventRecorder) -> None:
+    def __init__(self, store: Store, executor: LocalExecutor, recorder: EventRecorder,
+                 credentials: PodCredentials | None = None) -> None:
         self.store = store
+        self.credentials = credentials
         self.executor = executor
         self.recorder = recorder
         self._terminating: dict[str, float] = {}  # pod uid -> when SIGTERM was first sent
@@ -213,6 +217,8 @@ class PodReconciler:
             self.executor.pod_dir(meta["namespace"], meta["name"], meta["uid"]) / "workdir"
         command = list(container.get("command") or []) + list(container.get("args") or [])
         container_env = dict(env)
+        if self.credentials is not None:
+            container_env.update(self.credentials.env(pod))
         for item in container.get("env") or []:
             container_env[item["name"]] = self._env_value(meta["namespace"], item)
         ref = self.executor.start(adir, command, container_env, workdir)
@@ -229,7 +235,9 @@ class PodReconciler:
             for item in container.get("env") or []:
                 self._env_value(meta["namespace"], item)
         return {"KAIP_POD_NAME": meta["name"], "KAIP_POD_NAMESPACE": meta["namespace"],
-                "KAIP_POD_UID": meta["uid"], "HOSTNAME": meta["name"]}
+                "KAIP_POD_UID": meta["uid"], "HOSTNAME": meta["name"],
+                # Where relative paths in manifests resolve (as for KnowledgeBase sources): the server's directory.
+                "KAIP_WORKSPACE": os.getcwd()}
 
     def _env_value(self, namespace: str, item: dict[str, Any]) -> str:
         if "value" in item or not item.get("valueFrom"):

@@ -41,6 +41,8 @@ LOG_TAIL = 2000
 CONTAINER = "main"
 RUN_LABEL = "pipelines.kaip.dev/run"
 TASK_ANNOTATION = "pipelines.kaip.dev/task"
+# Task pods run as this service account unless the run names another (KFP's own default runner account).
+DEFAULT_SERVICE_ACCOUNT = "pipeline-runner"
 
 
 def _slug(text: str, n: int) -> str:
@@ -224,7 +226,9 @@ class PipelineRunReconciler:
                             "ownerReferences": [{"apiVersion": run["apiVersion"], "kind": run["kind"],
                                                  "name": meta["name"], "uid": meta["uid"], "controller": True,
                                                  "blockOwnerDeletion": True}]},
-               "spec": {"restartPolicy": "Never", "containers": [{
+               "spec": {"restartPolicy": "Never",
+                        "serviceAccountName": run["spec"].get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT,
+                        "containers": [{
                    "name": CONTAINER, "image": container.get("container", {}).get("image", ""),
                    "command": prepared.command, "workingDir": str(task_dir),
                    "env": [{"name": k, "value": v} for k, v in prepared.env.items()]}]}}

@@ -116,7 +116,8 @@ class RecurringRunReconciler:
 
     def _create_run(self, rr: dict[str, Any], fire: datetime) -> None:
         meta, spec = rr["metadata"], rr["spec"]
-        run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "parameters", "enableCaching") if k in spec}
+        run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "parameters", "enableCaching",
+                                         "serviceAccountName") if k in spec}
         doc = {"apiVersion": rr["apiVersion"], "kind": "PipelineRun",
                "metadata": {"name": f"{meta['name'][:40]}-{int(fire.timestamp())}", "namespace": meta["namespace"],
                             "labels": {**queue_labels(meta), OWNER_LABEL: meta["name"][:63]},

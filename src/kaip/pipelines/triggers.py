@@ -196,7 +196,8 @@ class TriggerReconciler:
     def _start(self, trig: dict[str, Any], ev: Observed) -> dict[str, Any]:
         meta, spec = trig["metadata"], trig["spec"]
         record: dict[str, Any] = {"id": ev.id, "time": fmt_time(ev.time)}
-        run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "enableCaching") if k in spec}
+        run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "enableCaching", "serviceAccountName")
+                    if k in spec}
         run_spec["parameters"] = run_parameters(spec, ev)
         name = run_name(meta["name"], ev.id)
         doc = {"apiVersion": trig["apiVersion"], "kind": "PipelineRun",

@@ -31,6 +31,7 @@ from kaip.server.app import add_resource_api, create_app
 from kaip.server.auth import Authorizer
 from kaip.server.context import ApiMetrics, Broadcaster, ServerContext
 from kaip.server.logs import LogStreamer
+from kaip.server.podcredentials import PodCredentials
 from kaip.store.store import Store
 
 log = logging.getLogger("kaip.server")
@@ -149,7 +150,9 @@ class KaipServer:
     def _add_controllers(self) -> None:
         recorder = lambda name: EventRecorder(self.store, name)  # noqa: E731
         self.manager.add(Controller("namespace", NamespaceReconciler(self.store, self.registry), for_kind=NAMESPACE))
-        self.manager.add(Controller("pod", PodReconciler(self.store, self.executor, recorder("kaip-pod")),
+        self.pod_credentials = PodCredentials(self.store, self.authorizer)
+        self.manager.add(Controller("pod", PodReconciler(self.store, self.executor, recorder("kaip-pod"),
+                                                         self.pod_credentials),
                                     for_kind=POD, workers=4))
         gc = GarbageCollector(self.store, self.registry)
         self.manager.add(Controller("garbage-collector", gc,
@@ -172,6 +175,7 @@ class KaipServer:
                    "subjects": [{"kind": "User", "name": ADMIN_USER}]}
             self._create_quietly(CLUSTER_ROLE_BINDING, doc)
         self._record_node()
+        self.pod_credentials.server_url = server_url
         creds = config.read_credentials(self.home) or {}
         token = creds.get("token")
         if not token or self.store.find_token(_hash(token)) is None:
