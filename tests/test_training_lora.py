@@ -17,7 +17,15 @@ import pytest
 import torch
 
 from kaip.testing.live import LiveServer, live_server
-from kaip.training.lora_sft import IGNORE, DatasetError, load_chat_jsonl, tokenize_chat
+from kaip.training.lora_sft import (
+    IGNORE,
+    DatasetError,
+    Example,
+    batches,
+    length_grouped,
+    load_chat_jsonl,
+    tokenize_chat,
+)
 
 NS = "default"
 TRAINJOBS = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
@@ -79,6 +87,21 @@ def test_loss_only_on_assistant_tokens(tiny: tuple[Path, Path]) -> None:
     assert learned.split() == ["<|assistant|>", "the", "clinic", "opens", "at", "8", "on", "monday", ".", "<|end|>"]
     masked = tokenizer.decode([i for i, lab in zip(ex.input_ids, ex.labels, strict=True) if lab == IGNORE])
     assert "when does the clinic open" in masked and "opens" not in masked
+
+
+def test_length_grouping_cuts_padding_and_keeps_every_example() -> None:
+    import random
+    rng = random.Random(1)
+    examples = [Example(list(range(n)), list(range(n))) for n in (rng.choice((20, 60, 200)) for _ in range(96))]
+    grouped = length_grouped(examples, 8, seed=0)
+    assert sorted(map(id, grouped)) == sorted(map(id, examples))  # a reordering, nothing lost or repeated
+
+    def padded(rows: list[Example]) -> int:
+        return sum(len(ids) * len(ids[0]) for ids, _, _ in batches(rows, 8, 0, packing=False, max_length=512))
+    real = sum(len(ex.input_ids) for ex in examples)
+    assert padded(grouped) < padded(examples)
+    assert padded(grouped) <= 1.15 * real
+    assert length_grouped(examples, 8, seed=0) == grouped  # deterministic for a seed (checkpoints resume)
 
 
 def test_malformed_line_is_named(tmp_path: Path) -> None:

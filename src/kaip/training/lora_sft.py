@@ -88,6 +88,19 @@ def tokenize_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: in
     return Example(ids[:max_length], labels[:max_length])
 
 
+def length_grouped(examples: list[Example], batch_size: int, seed: int, *, window: int = 16) -> list[Example]:
+    """The examples reordered so that each run of `batch_size` has similar lengths (as transformers'
+    `group_by_length`): within windows of `window` batches, sorted by length; then the batches shuffled. A batch
+    pads to its longest row, so mixing 100- and 400-token conversations would spend most compute on padding."""
+    span = batch_size * window
+    grouped: list[list[Example]] = []
+    for start in range(0, len(examples), span):
+        part = sorted(examples[start:start + span], key=lambda ex: len(ex.input_ids), reverse=True)
+        grouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    random.Random(seed).shuffle(grouped)
+    return [ex for group in grouped for ex in group]
+
+
 def batches(examples: list[Example], batch_size: int, pad_id: int, *, packing: bool,
             max_length: int) -> list[tuple[list[list[int]], list[list[int]], list[list[int]]]]:
     """(input_ids, labels, attention_mask) per batch; packing concatenates examples into full-length rows."""
@@ -130,6 +143,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-split", type=float, default=0.1)
     p.add_argument("--packing", action="store_true")
+    p.add_argument("--group-by-length", action="store_true", help="batch conversations of similar length together")
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--register", default="", help="register the merged model under this name")
@@ -189,6 +203,8 @@ def train(args: argparse.Namespace, conversations: list[list[dict[str, str]]]) -
     eval_set = [examples[i] for i in order[:n_eval]]
     train_set = [examples[i] for i in order[n_eval:]]
     shard = train_set[rank::world] if world > 1 else train_set
+    if args.group_by_length and not args.packing:
+        shard = length_grouped(shard, args.batch_size, args.seed)
     pad = int(tokenizer.pad_token_id)
     train_batches = batches(shard, args.batch_size, pad, packing=args.packing, max_length=args.max_seq_length)
     eval_batches = batches(eval_set, args.batch_size, pad, packing=False, max_length=args.max_seq_length)
