@@ -62,14 +62,15 @@ def augment(messages: Sequence[dict[str, Any]], knowledge_bases: Sequence[Knowle
     question = last_user_text(out)
     if not question.strip() or not knowledge_bases:
         return out, []
-    k = top_k or max(kb.config.spec.retrieval.topK for kb in knowledge_bases)
     vector = knowledge_bases[0].embedder.embed([question])[0]
     passages: list[Passage] = []
     for kb in knowledge_bases:
+        # Each knowledge base contributes up to its own topK: scores from different corpora are not comparable,
+        # and a member's one record must not be crowded out by a dozen document sections that score higher.
         same_model = kb.embedder.name == knowledge_bases[0].embedder.name
-        passages += kb.search(question, subject=subject, top_k=k, query_vector=vector if same_model else None)
+        passages += kb.search(question, subject=subject, top_k=top_k or kb.config.spec.retrieval.topK,
+                              query_vector=vector if same_model else None)
     passages.sort(key=lambda p: -p.score)
-    passages = passages[:k]
     if not passages:
         return out, []
     template = template or next((kb.config.spec.retrieval.promptTemplate for kb in knowledge_bases
