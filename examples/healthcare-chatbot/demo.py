@@ -467,6 +467,12 @@ def check_outcomes(p: Platform, run: dict[str, Any], outcomes: dict[str, Any], v
                                          "kaip.pipeline_run", "eval.score", "eval.champion_score")),
                f"version {version} carries its lineage tags: datasets, base model, pipeline run, evaluation")
         expect({"dataset", "run"} <= kinds, f"the lineage graph links dataset → run → version (nodes: {sorted(kinds)})")
+        run_id = (mv.get("model_version") or {}).get("run_id", "")
+        history = (p.get(f"/namespaces/{NS}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=eval_loss")
+                   or {}).get("metrics") or []
+        losses = [m["value"] for m in sorted(history, key=lambda m: m["step"])]
+        expect(len(losses) >= 2 and losses[-1] < losses[0],
+               f"fine-tuning lowered the held-out loss of its training run ({' → '.join(f'{v:.3f}' for v in losses)})")
     isvc = p.get(ISVC) or {}
     split = traffic(isvc)
     expect(canary_split == [20, 80], "the candidate was served as a 20% canary next to the champion (80%)")

@@ -421,6 +421,11 @@ MAX_PASSAGE_CHARS = 450  # keeps every conversation under about 400 tokens
 PREFIXES = ["Hi, ", "Hello! ", "Quick question: ", "Hey, ", "Excuse me, ", "Can you help? "]
 
 
+def figure(value: float) -> str:
+    """An amount as a member's record shows it (the knowledge base renders the JSON number), with a dollar sign."""
+    return "$" + json.dumps(value)
+
+
 def money(value: float) -> str:
     """$1,500 for whole dollars, $599.80 for cents."""
     return f"${value:,.0f}" if float(value).is_integer() else f"${value:,.2f}"
@@ -439,14 +444,16 @@ def member(rng: random.Random, member_id: str) -> dict[str, Any]:
 
 
 def member_answer(kind: str, m: dict[str, Any]) -> tuple[str, list[str]]:
-    """The answer to a member question from that member's record, and the figures it must contain."""
+    """The answer to a member question from that member's record, and the figures it must contain. Amounts are
+    written exactly as the record writes them ($3085.97, not $3,085.97): copying is what a 135M model does
+    reliably, reformatting digits is where it slips."""
     plan, deductible, met = m["plan"], m["deductible"], m["deductible_met"]
     if kind == "met":  # the figures from the record; no arithmetic (a 135M model cannot subtract reliably)
         if met >= deductible:
-            return f"You have met your full {money(deductible)} deductible.", [money(deductible)]
-        return f"You have met {money(met)} of your {money(deductible)} deductible.", [money(met), money(deductible)]
+            return f"You have met your full {figure(deductible)} deductible.", [figure(deductible)]
+        return f"You have met {figure(met)} of your {figure(deductible)} deductible.", [figure(met), figure(deductible)]
     if kind == "deductible":
-        return f"Your deductible on the {plan} plan is {money(deductible)} per year.", [money(deductible)]
+        return f"Your deductible on the {plan} plan is {figure(deductible)} per year.", [figure(deductible)]
     if kind == "prescriptions":
         drugs = m["prescriptions"]
         if not drugs:
@@ -459,7 +466,7 @@ def member_answer(kind: str, m: dict[str, Any]) -> tuple[str, list[str]]:
         claims = m["claims"]
         if not claims:
             return "You have no claims on file.", ["no claims"]
-        listed = "; ".join(f"{c['claim_id']}, {c['service']}, {money(c['billed'])}" for c in claims)
+        listed = "; ".join(f"{c['claim_id']}, {c['service']}, {figure(c['billed'])}" for c in claims)
         return f"You have {len(claims)} claim{'s' if len(claims) > 1 else ''} on file: {listed}.", \
             [c["claim_id"] for c in claims]
     if kind == "oop":
