@@ -31,17 +31,20 @@ QUESTIONS = ["How much of my deductible have I met so far this year?", "Which pl
              "Which prescriptions do I have on file?", "What is my deductible?"]
 
 
-def load(client, n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float]:  # noqa: ANN001
-    def one(i: int) -> float:
+def load(client, n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float, float]:  # noqa: ANN001
+    """Latencies, chats/s and mean completion tokens (answers differ in length: with the retrieved record in
+    its prompt a model answers briefly, without it it often runs to max_tokens)."""
+    def one(i: int) -> tuple[float, int]:
         started = time.perf_counter()
-        client.chat.completions.create(model="chatbot", max_tokens=max_tokens, temperature=0, messages=[
+        out = client.chat.completions.create(model="chatbot", max_tokens=max_tokens, temperature=0, messages=[
             {"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
-        return time.perf_counter() - started
+        return time.perf_counter() - started, (out.usage.completion_tokens if out.usage else 0)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, range(n)))
-    return latencies, n / (time.perf_counter() - started)
+        results = list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - started
+    return [r[0] for r in results], n / elapsed, statistics.mean(r[1] for r in results)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -74,13 +77,14 @@ def main() -> None:
             for client in paths.values():  # warm-up: first-request costs are not the steady state
                 load(client, 2, 1, args.max_tokens)
             print(f"SmolLM2-135M-Instruct, {args.requests} chats per row, max_tokens {args.max_tokens}, temperature 0")
-            print(f"{'path':<46} {'conc':>4} {'p50 s':>7} {'p99 s':>7} {'chats/s':>8}")
+            print(f"{'path':<46} {'conc':>4} {'p50 s':>7} {'p99 s':>7} {'chats/s':>8} {'tokens':>7}")
             p50s: dict[tuple[str, int], float] = {}
             for conc in args.concurrency:
                 for name, client in paths.items():
-                    lat, rate = load(client, args.requests, conc, args.max_tokens)
+                    lat, rate, tokens = load(client, args.requests, conc, args.max_tokens)
                     p50s[(name, conc)] = statistics.median(lat)
-                    print(f"{name:<46} {conc:>4} {statistics.median(lat):>7.2f} {pct(lat, 0.99):>7.2f} {rate:>8.2f}")
+                    print(f"{name:<46} {conc:>4} {statistics.median(lat):>7.2f} {pct(lat, 0.99):>7.2f} {rate:>8.2f} "
+                          f"{tokens:>7.1f}")
             full, alone = list(paths)
             for conc in args.concurrency:
                 print(f"concurrency {conc}: chatbot p50 / model-alone p50 = "
