@@ -34,6 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from kaip.jsonlines import records
+
 # The flagship example's chatbot (examples/healthcare-chatbot): the persona it is fine-tuned with and the refusal
 # it learns for out-of-scope questions. data/make_datasets.py trains with exactly these; whoever evaluates or
 # serves the model should send the same system prompt.
@@ -148,14 +150,7 @@ def load_eval_set(path: str | Path) -> list[EvalItem]:
     except OSError as err:
         raise EvalSetError(f"{path}: cannot read the evaluation set ({err.strerror})") from err
     with fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalSetError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+        for where, record in records(fh, path, EvalSetError):
             if not isinstance(record, dict):
                 raise EvalSetError(f"{where}: expected a JSON object, got {type(record).__name__}")
             unknown = sorted(set(record) - _FIELDS)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kaip.jsonlines import records
+
 IGNORE = -100
 
 
@@ -41,14 +43,7 @@ def load_chat_jsonl(path: Path) -> list[list[dict[str, str]]]:
     """Every line a conversation; a malformed one is an error naming the file and line."""
     out = []
     with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+        for where, record in records(fh, path, DatasetError):
             messages = record.get("messages") if isinstance(record, dict) else None
             if not isinstance(messages, list) or not messages:
                 raise DatasetError(f'{where}: expected an object with a non-empty "messages" list')
