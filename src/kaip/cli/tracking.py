@@ -294,7 +294,6 @@ def models_alias(name: str, alias: str,
 
 IMPORT_EXPERIMENT = "model-imports"
 SOURCE_SHA_TAG = "kaip.source_sha256"
-BASE_MODEL_TAG = "kaip.base_model"  # the lineage tag: source -> run (kaip.tracking.service)
 
 
 def _versions_of(client: TrackingClient, name: str) -> list[dict[str, Any]]:
@@ -353,6 +352,7 @@ def models_import(source: Annotated[Path, typer.Argument(help="A .gguf file, a f
     import tempfile
 
     from kaip.tracking import imports
+    from kaip.tracking.service import BASE_MODEL_TAG  # the lineage tag: source -> run
 
     def go() -> None:
         src = imports.locate(source, gguf_file)
