@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from kaip.serving.engine.core import EngineConfig, LLMEngineCore
 from kaip.serving.engine.request import EngineParams
-from kaip.serving.runtimes.engine import EngineStats, SamplingParams, TokenDelta
+from kaip.serving.runtimes.engine import EngineStats, SamplingParams, TokenDelta, TokenizerText
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def to_engine_params(p: SamplingParams | EngineParams) -> EngineParams:
                         stop_token_ids=tuple(p.stop_token_ids))
 
 
-class KaipEngine:
+class KaipEngine(TokenizerText):
     """Continuous batching over a paged KV cache for Llama-family transformers models."""
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str, config: EngineConfig | None = None) -> None:
@@ -70,20 +70,6 @@ class KaipEngine:
         if max_model_len:
             config = EngineConfig(**{**config.__dict__, "max_model_len": max_model_len})
         return cls(model, tokenizer, model_name, config)
-
-    # ---- text ---------------------------------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def detokenize(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
-        return "\n".join(lines) + "\nassistant:"
 
     # ---- generation ---------------------------------------------------------------------------------------
 

@@ -72,7 +72,25 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-class TransformersEngine:
+class TokenizerText:
+    """The Engine protocol's text methods, for an engine holding a Hugging Face tokenizer as `self.tokenizer`."""
+
+    tokenizer: Any
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
+        return "\n".join(lines) + "\nassistant:"
+
+
+class TransformersEngine(TokenizerText):
     """A transformers causal LM served one request at a time by a worker thread."""
 
     def __init__(self, model_dir: str, model_name: str, *, max_model_len: int | None = None,
@@ -94,20 +112,6 @@ class TransformersEngine:
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name="engine", daemon=True)
         self._worker.start()
-
-    # ---- text ---------------------------------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def detokenize(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
-        return "\n".join(lines) + "\nassistant:"
 
     # ---- generation ---------------------------------------------------------------------------------------
 
