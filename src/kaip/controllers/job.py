@@ -127,13 +127,7 @@ class JobReconciler:
         self.framework = framework
 
     def _pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
-        out = []
-        for kind_key, namespace, name in self.store.dependents(job["metadata"]["uid"]):
-            if kind_key == POD.key:
-                pod = self.store.try_get(POD, namespace, name)
-                if pod is not None:
-                    out.append(pod)
-        return out
+        return self.store.owned(POD, job["metadata"]["uid"])
 
     def reconcile(self, key: tuple[str, str]) -> Result | None:
         namespace, name = key

@@ -192,13 +192,7 @@ class TrainingJobReconciler:
         return self.root / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
 
     def _pods(self, obj: dict[str, Any]) -> list[dict[str, Any]]:
-        out = []
-        for kind_key, namespace, name in self.store.dependents(obj["metadata"]["uid"]):
-            if kind_key == POD.key:
-                pod = self.store.try_get(POD, namespace, name)
-                if pod is not None:
-                    out.append(pod)
-        return out
+        return self.store.owned(POD, obj["metadata"]["uid"])
 
     def _group(self, obj: dict[str, Any]) -> Group:
         if self.profile is PYTORCHJOB_PROFILE:

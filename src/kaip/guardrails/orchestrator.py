@@ -185,19 +185,7 @@ class Orchestrator:
             self.on_detection(detector_id, direction, action, n)
 
     def run_contents(self, selected: list[Selected], text: str, direction: str = INPUT) -> Outcome:
-        outcome = Outcome()
-        for s in selected:
-            try:
-                found = s.spec.detector.detect(text, s.params)
-            except DetectorServiceError as err:
-                raise OrchestratorError(err.status if err.status in (400, 404, 422, 503) else 500, str(err)) from err
-            for d in found:
-                if d.score >= s.threshold:
-                    d.detector_id = s.id
-                    outcome.detections.append(d)
-                    outcome.actions[id(d)] = s.action
-        self._record(selected, outcome, direction)
-        return outcome
+        return self._run_other(selected, lambda spec, p: spec.detector.detect(text, p), direction)
 
     def _run_other(self, selected: list[Selected], call: Callable[[DetectorSpec, dict[str, Any]], list[Detection]],
                    direction: str = INPUT) -> Outcome:

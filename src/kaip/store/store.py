@@ -230,6 +230,11 @@ class Store:
                                 .where(owner_refs.c.owner_uid == owner_uid)).all()
         return [(r[0], r[1], r[2]) for r in rows]
 
+    def owned(self, info: KindInfo, owner_uid: str) -> list[dict[str, Any]]:
+        """The objects of kind `info` that name `owner_uid` in their ownerReferences (a job's pods, say)."""
+        found = (self.try_get(info, ns, name) for key, ns, name in self.dependents(owner_uid) if key == info.key)
+        return [obj for obj in found if obj is not None]
+
     def locate_uid(self, uid: str) -> tuple[str, str, str] | None:
         """(kind_key, namespace, name) of the object with this uid, if it exists."""
         with self.engine.connect() as conn:
