@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test test-fast lint bench clean system-deps
+.PHONY: install demo demo-quick test test-fast lint docs bench clean system-deps
 
 install: $(STAMP) system-deps
 
@@ -37,6 +37,11 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The SDK's API reference, generated from its docstrings (tests/test_api_docs.py builds it in every test run).
+docs: install
+	$(PY) -m pdoc -d google -o build/api kaip.sdk
+	@echo "API reference: build/api/index.html"
 
 bench: install
 	$(PY) benchmarks/controlplane.py

@@ -361,3 +361,21 @@ def test_registry_stages_versions_and_search(server: LiveServer, mlflow_env: Any
     with pytest.raises(MlflowException) as exc:
         client.get_registered_model("classifier")
     assert _error_code(exc) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_mlflow_3_lists_and_downloads_an_artifact_folder(server: LiveServer, mlflow_env: Any, tmp_path: Path) -> None:
+    """MLflow 3 clients search logged models before listing a folder of a run's artifacts; Kaip answers that
+    search (with no logged models) so listing and downloading folders works."""
+    import mlflow
+
+    mlflow_env(server.token)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"\x00\x01")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), "model")
+    listed = mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")
+    assert [(f.path, f.file_size) for f in listed] == [("model/w.bin", 2)]
+    got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model",
+                                              dst_path=str(tmp_path / "out"))
+    assert (Path(got) / "w.bin").read_bytes() == b"\x00\x01"

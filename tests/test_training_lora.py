@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
 from kaip.testing.live import LiveServer, live_server
+from kaip.testing.tiny import build_tiny_chat_model, faq_conversations
 from kaip.training.lora_sft import (
     IGNORE,
     DatasetError,
@@ -29,41 +29,10 @@ from kaip.training.lora_sft import (
 
 NS = "default"
 TRAINJOBS = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
-SPECIAL = ["<unk>", "<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
-HOURS = ["8", "9", "10", "7", "8", "9"]
 
 
 def conversations() -> list[dict[str, Any]]:
-    out = []
-    for day, hour in zip(DAYS, HOURS, strict=True):
-        for place in ("clinic", "pharmacy", "lab"):
-            out.append({"messages": [
-                {"role": "system", "content": "you answer questions about the hospital"},
-                {"role": "user", "content": f"when does the {place} open on {day} ?"},
-                {"role": "assistant", "content": f"the {place} opens at {hour} on {day} ."}]})
-    return out
-
-
-def build_tiny_llama(folder: Path, texts: list[str]) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                        bos_token="<s>", eos_token="</s>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, initializer_range=0.3)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    return faq_conversations()
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     convs = conversations()
     data = root / "faq.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    texts = [" ".join(m["content"] for m in c["messages"]) for c in convs]
-    build_tiny_llama(root / "model", texts)
+    build_tiny_chat_model(root / "model", convs)
     return data, root / "model"
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from kaip import config
 from kaip.cli.client import Client, ClientError
-from kaip.serving.render import REVISION_FIELDS
+from kaip.serving.traffic import undo_spec
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,23 +31,6 @@ def _isvc_name(ref: str) -> str:
 def _fail(message: str) -> None:
     err.print(f"error: {message}", markup=False)
     raise typer.Exit(1)
-
-
-def undo_spec(isvc: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The predictor spec that rolls back, and the revision it returns to: while a canary is in progress, the
-    last rolled-out revision (the canary is abandoned); otherwise the one rolled out before it."""
-    comp = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
-    revisions = {r["name"]: r for r in comp.get("revisions") or []}
-    latest = comp.get("latestCreatedRevision")
-    current = next((t["revisionName"] for t in comp.get("traffic") or [] if t.get("latestRevision")), latest)
-    rolled, previous = comp.get("latestRolledoutRevision"), comp.get("previousRolledoutRevision")
-    target = rolled if current and current != rolled else previous
-    if not target or target not in revisions:
-        raise ValueError("there is no earlier rolled-out revision to go back to")
-    predictor = {k: v for k, v in isvc["spec"]["predictor"].items()
-                 if k not in REVISION_FIELDS and k != "canaryTrafficPercent"}
-    predictor.update(revisions[target]["spec"])
-    return predictor, target
 
 
 def undo(rollout_ref: Annotated[str, typer.Argument(help="isvc/NAME")], namespace: Namespace = None) -> None:

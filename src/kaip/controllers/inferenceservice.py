@@ -209,7 +209,8 @@ class InferenceServiceReconciler:
                 scale_metric=transformer.get("scaleMetric") or "concurrency"))
 
         # 5. Status.
-        self._status(isvc, status, comp, traffic_plan, latest_name, problem, failures, generation, routed)
+        self._status(isvc, status, comp, traffic_plan, latest_name, problem, failures, generation, routed,
+                     created=latest["name"] if latest else None)
         if t_serving is not None:
             self._transformer_status(status, t_serving, failures.get("transformer"), generation)
         if status != (isvc.get("status") or {}):
@@ -421,7 +422,7 @@ class InferenceServiceReconciler:
 
     def _status(self, isvc: dict[str, Any], status: dict[str, Any], comp: dict[str, Any], traffic_plan: Any,
                 latest_name: str | None, problem: ResolveError | None, failures: dict[str, str], generation: int,
-                routed: dict[str, int]) -> None:
+                routed: dict[str, int], created: str | None = None) -> None:
         meta = isvc["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         server = ((config.read_credentials(self.home) or {}).get("server") or "").rstrip("/")
@@ -430,11 +431,14 @@ class InferenceServiceReconciler:
         status["address"] = {"url": url}
         status["observedGeneration"] = generation
         revisions = comp["revisions"]
-        if revisions:
-            comp["latestCreatedRevision"] = revisions[-1]["name"]
+        # The revision of the current spec: a rollback to an earlier spec reuses that revision, which is then the
+        # latest one (not the last one made).
+        latest = created or (revisions[-1]["name"] if revisions else None)
+        if latest:
+            comp["latestCreatedRevision"] = latest
         ready_revs = [r["name"] for r in revisions if r.get("everReady")]
         if ready_revs:
-            comp["latestReadyRevision"] = ready_revs[-1]
+            comp["latestReadyRevision"] = latest if latest in ready_revs else ready_revs[-1]
         if traffic_plan is not None:
             if traffic_plan.rollout.rolled_out:
                 comp["latestRolledoutRevision"] = traffic_plan.rollout.rolled_out

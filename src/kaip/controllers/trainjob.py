@@ -465,14 +465,29 @@ LORA_SFT_RUNTIME: dict[str, Any] = {
 }
 
 
+# Kubeflow Trainer's own default runtime for PyTorch: the TrainJob's trainer.command runs in every worker with
+# torchrun's environment. The SDK's `Client.train(function)` uses it.
+TORCH_DISTRIBUTED_RUNTIME: dict[str, Any] = {
+    "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
+    "metadata": {"name": "torch-distributed", "labels": {"trainer.kubeflow.org/framework": "torch"}},
+    "spec": {"mlPolicy": {"numNodes": 1, "torch": {}}, "template": {"spec": {
+        "replicatedJobs": [{"name": "node", "template": {
+            "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
+            "spec": {"template": {"spec": {"containers": [{
+                "name": "node", "image": "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"}]}}}}}]}}},
+}
+
+
 def install_builtin_runtimes(store: Store) -> None:
-    if store.try_get(CLUSTER_TRAINING_RUNTIME, None, "kaip-lora-sft") is None:
-        try:
-            store.create(CLUSTER_TRAINING_RUNTIME, validate_document(CLUSTER_TRAINING_RUNTIME, LORA_SFT_RUNTIME,
-                                                                     namespace=None))
-        except errors.ApiError as err:
-            if err.code != 409:
-                raise
+    """Create the built-in runtimes once; a user's edits to them (or their deletion) are theirs to keep."""
+    for doc in (LORA_SFT_RUNTIME, TORCH_DISTRIBUTED_RUNTIME):
+        if store.try_get(CLUSTER_TRAINING_RUNTIME, None, doc["metadata"]["name"]) is None:
+            try:
+                store.create(CLUSTER_TRAINING_RUNTIME, validate_document(CLUSTER_TRAINING_RUNTIME, doc,
+                                                                         namespace=None))
+            except errors.ApiError as err:
+                if err.code != 409:
+                    raise
 
 
 def install(server: KaipServer) -> None:

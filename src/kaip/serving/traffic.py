@@ -9,6 +9,9 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from kaip.serving import render
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,20 @@ class WeightedPicker:
         assert best is not None
         self._current[best] -= self._total
         return best
+
+
+def undo_spec(isvc: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The predictor spec that rolls back, and the revision it returns to: while a canary is in progress, the
+    last rolled-out revision (the canary is abandoned); otherwise the one rolled out before it."""
+    comp = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+    revisions = {r["name"]: r for r in comp.get("revisions") or []}
+    latest = comp.get("latestCreatedRevision")
+    current = next((t["revisionName"] for t in comp.get("traffic") or [] if t.get("latestRevision")), latest)
+    rolled, previous = comp.get("latestRolledoutRevision"), comp.get("previousRolledoutRevision")
+    target = rolled if current and current != rolled else previous
+    if not target or target not in revisions:
+        raise ValueError("there is no earlier rolled-out revision to go back to")
+    predictor = {k: v for k, v in isvc["spec"]["predictor"].items()
+                 if k not in render.REVISION_FIELDS and k != "canaryTrafficPercent"}
+    predictor.update(revisions[target]["spec"])
+    return predictor, target

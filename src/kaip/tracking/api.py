@@ -322,6 +322,9 @@ class TrackingAPI:
                 c, run_id(b), _seq(b, "metrics"), _seq(b, "params"), _seq(b, "tags"))),
             ("POST", "runs/log-inputs"): lambda c, b: _empty(t.log_inputs(c, run_id(b), _seq(b, "datasets"))),
             ("POST", "runs/search"): search_runs,
+            # MLflow 3 clients search logged models before listing a run's artifact folders; Kaip keeps models as
+            # run artifacts and registry versions, so there are none to find (an empty page, not a 501).
+            ("POST", "logged-models/search"): lambda c, b: {"models": []},
             ("GET", "runs/search"): search_runs,
             ("GET", "metrics/get-history"): lambda c, b: t.get_metric_history(
                 c, run_id(b), b.get("metric_key"), max_results=b.get("max_results"), page_token=b.get("page_token")),

@@ -94,8 +94,11 @@ def publish(store: Store, artifacts_root: Path, job: dict[str, Any], train_dir: 
         except MlflowError:
             registry.create_model(access, namespace, name)
         final = {k: v for k, v in (report.get("final_metrics") or {}).items() if v is not None}
+        # The model: LoRA SFT's `merged` (its `adapter` is not a whole model), else the first output (autolog's).
+        outputs = list(report.get("outputs") or {})
+        label = "merged" if "merged" in outputs or not outputs else outputs[0]
         version = registry.create_version(access, namespace, {
-            "name": name, "source": f"mlflow-artifacts:/{eid}/{run_id}/artifacts/merged", "run_id": run_id,
+            "name": name, "source": f"mlflow-artifacts:/{eid}/{run_id}/artifacts/{label}", "run_id": run_id,
             "tags": [{"key": "kaip.dataset_digest", "value": str(ds.get("digest", ""))},
                      {"key": "kaip.base_model", "value": str(report.get("base_model", ""))},
                      *({"key": f"metric.{k}", "value": f"{v:.6g}"} for k, v in final.items())]})
