@@ -427,6 +427,7 @@ CLI_MODULES = (
     "kaip.cli.serving",  # rollout undo, predictions, prometheus-config (issue 6)
     "kaip.cli.pipelines",  # run -f FILE (issue 8)
     "kaip.cli.rag",  # kb query (issue 10)
+    "kaip.cli.workbench",  # workbench open, stop, start (issue 12)
 )
 for _module in CLI_MODULES:
     importlib.import_module(_module).register(app)

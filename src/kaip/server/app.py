@@ -19,6 +19,8 @@ from kaip.server.resources import ResourceAPI, discovery_router
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Kubernetes' own request limit
 # Request bodies their handlers stream to disk (MLflow artifact uploads): not held in memory, so not limited here.
 STREAMED_PATHS = ("/api/2.0/mlflow-artifacts/artifacts/",)
+# Prefixes whose bodies are proxied as a stream (JupyterLab's uploads through a workbench): not held, not limited.
+STREAMED_PREFIXES = ("/workbenches/",)
 
 
 class BodyLimit:
@@ -29,7 +31,8 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or any(p in scope.get("path", "") for p in STREAMED_PATHS):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or any(p in path for p in STREAMED_PATHS) or path.startswith(STREAMED_PREFIXES):
             await self.app(scope, receive, send)
             return
         for key, value in scope.get("headers", []):
@@ -130,16 +133,17 @@ def add_resource_api(app: FastAPI, ctx: ServerContext) -> None:
 
 
 class FastPaths:
-    """Hands requests under a mounted prefix (the inference gateway at `/serving`) straight to the mounted app,
-    past FastAPI's middleware and route matching, which cost the gateway's hot path more than the proxying itself.
-    The body limit still applies."""
+    """Hands requests under a mounted prefix (the inference gateway at `/serving`, workbenches at `/workbenches`)
+    straight to the mounted app, past FastAPI's middleware and route matching, which cost the gateway's hot path
+    more than the proxying itself. The body limit still applies. Websockets (a workbench's kernels) take the same
+    path."""
 
     def __init__(self, app: ASGIApp, prefixes: dict[str, ASGIApp]) -> None:
         self.app = app
         self.prefixes = [(prefix, BodyLimit(target)) for prefix, target in prefixes.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             path = scope["path"]
             for prefix, target in self.prefixes:
                 if path.startswith(prefix + "/"):
@@ -148,7 +152,7 @@ class FastPaths:
         await self.app(scope, receive, send)
 
 
-def fast_paths(app: FastAPI, prefixes: tuple[str, ...] = ("/serving",)) -> ASGIApp:
+def fast_paths(app: FastAPI, prefixes: tuple[str, ...] = ("/serving", "/workbenches")) -> ASGIApp:
     from starlette.routing import Mount
 
     mounts = {r.path: r.app for r in app.router.routes if isinstance(r, Mount) and r.path in prefixes}

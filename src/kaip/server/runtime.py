@@ -47,6 +47,7 @@ SUBSYSTEMS: tuple[tuple[str, str], ...] = (
     ("pipelines", "kaip.pipelines.install"),  # Pipeline, PipelineRun, RecurringRun (issue 8)
     ("guardrails", "kaip.guardrails.install"),  # detectors and the orchestrator (issue 9)
     ("rag", "kaip.rag.install"),  # knowledge bases and retrieval (issue 10)
+    ("workbenches", "kaip.workbench.install"),  # Workbench (JupyterLab), its proxy at /workbenches (issue 12)
 )
 
 ADMIN_USER = "admin"
