@@ -4,6 +4,7 @@ rollback, knowledge bases and guardrails."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -87,6 +88,27 @@ def test_apply_get_list_watch_wait_delete(client: kaip.Client) -> None:
         client.get("configmaps", "sdk-settings")
     with pytest.raises(kaip.WaitTimeout):
         client.wait("configmaps", "sdk-settings", "Ready", timeout=0.5)
+
+
+def test_the_async_client_watches_and_reads_logs(client: kaip.Client, tmp_path: Path) -> None:
+    job = client.train(ranks, args={"out_dir": str(tmp_path), "greeting": "hi"}, name="async-logs")
+
+    async def go() -> tuple[list[str], list[str]]:
+        async with kaip.AsyncClient(client.server, client.token) as aclient:
+            seen = []
+            async for kind, obj in aclient.watch("trainjobs", name="async-logs", timeout=120):
+                seen.append(kind)
+                if obj.is_true("Complete") or obj.is_true("Failed"):
+                    break
+            pod = (await aclient.list("pods", selector="trainer.kubeflow.org/trainjob-name=async-logs"))[0]
+            lines = [line async for line in aclient.logs(pod.name, follow=True)]
+            with pytest.raises(kaip.NotFound):
+                await aclient.get("trainjobs", "no-such-job")
+            return seen, lines
+
+    seen, lines = asyncio.run(go())
+    assert seen[0] == "ADDED" and "MODIFIED" in seen and job.refresh().is_true("Complete")
+    assert any("hi from rank 0 of 1, sum 1" in line for line in lines), lines
 
 
 def test_typed_objects_use_the_servers_schemas(client: kaip.Client) -> None:
@@ -325,7 +347,17 @@ def test_deploy_canary_promote_and_rollback(client: kaip.Client, tiny_models: tu
     assert (v1.version, v2.version, v1.aliases, v2.tags["note"]) == ("1", "2", ["champion"], "second")
     bot = client.deploy("models:/sdk-bot@champion", name="sdk-bot", args=["--max_model_len=128"], progress=False)
     assert [(t["percent"], t["latestRevision"]) for t in bot.traffic] == [(100, True)]
-    assert isinstance(bot.chat("when does the lab open on monday ?", system=SYSTEM, max_tokens=4), str)
+    answer = bot.chat("when does the lab open on monday ?", system=SYSTEM, max_tokens=6)
+    pieces = list(bot.stream("when does the lab open on monday ?", system=SYSTEM, max_tokens=6))
+    assert len(pieces) > 1 and "".join(pieces) == answer  # greedy: the streamed answer is the same answer
+
+    async def streamed() -> list[str]:
+        async with kaip.AsyncClient(client.server, client.token) as aclient:
+            return [p async for p in aclient.chat_stream("sdk-bot", [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "when does the lab open on monday ?"}], max_tokens=6)]
+
+    assert "".join(asyncio.run(streamed())) == answer
     assert bot.openai().models.list().data[0].id == "sdk-bot"
     with pytest.raises(ValueError, match="instances"):
         bot.predict()

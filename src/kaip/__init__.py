@@ -9,9 +9,10 @@ __version__ = "0.1.0"
 
 
 _SDK_NAMES = frozenset({
-    "AlreadyExists", "ApiError", "BadRequest", "Client", "Conflict", "Endpoint", "Failed", "Forbidden", "Guardrails",
-    "Invalid", "KnowledgeBase", "Model", "ModelVersion", "NotFound", "Object", "PipelineRun", "Run", "ServerError",
-    "TrainJob", "Unauthorized", "Unreachable", "WaitTimeout", "autolog", "log_model"})
+    "AlreadyExists", "ApiError", "AsyncClient", "BadRequest", "Client", "Conflict", "Endpoint", "Failed",
+    "Forbidden", "Guardrails", "Invalid", "KnowledgeBase", "Model", "ModelVersion", "NotFound", "Object",
+    "PipelineRun", "Run", "ServerError", "TrainJob", "Unauthorized", "Unreachable", "WaitTimeout", "autolog",
+    "log_model"})
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,7 @@ Errors are typed (`kaip.NotFound`, `kaip.Invalid` with the refused field paths, 
 401/403); `kaip.autolog()` records a transformers or PyTorch training loop into the current run.
 """
 
+from kaip.sdk.aio import AsyncClient
 from kaip.sdk.autolog import autolog, log_model
 from kaip.sdk.client import Client
 from kaip.sdk.errors import (
@@ -37,6 +38,7 @@ from kaip.sdk.serving import Endpoint
 from kaip.sdk.tracking import Model, ModelVersion, Run
 from kaip.sdk.training import TrainJob
 
-__all__ = ["AlreadyExists", "ApiError", "BadRequest", "Client", "Conflict", "Endpoint", "Failed", "Forbidden",
-           "Guardrails", "Invalid", "KnowledgeBase", "Model", "ModelVersion", "NotFound", "Object", "PipelineRun",
-           "Run", "ServerError", "TrainJob", "Unauthorized", "Unreachable", "WaitTimeout", "autolog", "log_model"]
+__all__ = ["AlreadyExists", "ApiError", "AsyncClient", "BadRequest", "Client", "Conflict", "Endpoint", "Failed",
+           "Forbidden", "Guardrails", "Invalid", "KnowledgeBase", "Model", "ModelVersion", "NotFound", "Object",
+           "PipelineRun", "Run", "ServerError", "TrainJob", "Unauthorized", "Unreachable", "WaitTimeout", "autolog",
+           "log_model"]

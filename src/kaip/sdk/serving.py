@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kaip.sdk.errors import Failed, NotFound
@@ -154,6 +154,20 @@ class Endpoint(Handle):
         reply = self.openai().chat.completions.create(model=self.name, messages=messages,  # type: ignore[arg-type]
                                                       max_tokens=max_tokens, temperature=temperature, **kwargs)
         return reply.choices[0].message.content or ""
+
+    def stream(self, messages: str | list[dict[str, str]], *, max_tokens: int = 128, temperature: float = 0.0,
+               system: str | None = None, **kwargs: Any) -> Iterator[str]:
+        """One chat turn, the answer's text piece by piece as it is generated."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        chunks = self.openai().chat.completions.create(model=self.name, messages=messages,  # type: ignore[arg-type]
+                                                       max_tokens=max_tokens, temperature=temperature, stream=True,
+                                                       **kwargs)
+        for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
 
     def complete(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, **kwargs: Any) -> str:
         """A text completion; returns the generated text."""
