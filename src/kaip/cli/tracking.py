@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -323,16 +323,9 @@ def _get_or_create(get: Callable[[], Any], create: Callable[[], Any]) -> Any:
 
 
 def _upload(client: TrackingClient, artifact_path: str, path: Path) -> None:
-    from urllib.parse import quote
+    from kaip.sdk.tracking import upload_file
 
-    def chunks() -> Iterator[bytes]:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                yield chunk
-
-    resp = client.http.put(f"/api/2.0/mlflow-artifacts/artifacts/{quote(artifact_path)}", content=chunks(),
-                           timeout=httpx.Timeout(60, write=600))
-    client._check(resp)
+    client._check(upload_file(client.http, artifact_path, path))
 
 
 def _mb(n: int) -> str:

@@ -214,10 +214,7 @@ class InferenceServiceReconciler:
         if t_serving is not None:
             self._transformer_status(status, t_serving, failures.get("transformer"), generation)
         if status != (isvc.get("status") or {}):
-            def write(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-                s.clear()
-                s.update(status)
-            self.store.update_status(INFERENCE_SERVICE, namespace, name, write)
+            self.store.replace_status(INFERENCE_SERVICE, namespace, name, status)
         return Result(requeue_after=RESYNC_SECONDS)
 
     # ---- pods --------------------------------------------------------------------------------------------

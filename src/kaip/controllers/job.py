@@ -150,10 +150,7 @@ class JobReconciler:
         for index in p.create:
             self._create_pod(job, index)
         if p.status != (job.get("status") or {}):
-            def write(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-                s.clear()
-                s.update(p.status)
-            self.store.update_status(JOB, namespace, name, write)
+            self.store.replace_status(JOB, namespace, name, p.status)
         for type_, reason, message in p.events:
             self.recorder.record(job, type_, reason, message)
         return Result(requeue_after=p.requeue_after) if p.requeue_after else None

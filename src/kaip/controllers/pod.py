@@ -270,11 +270,7 @@ class PodReconciler:
         if status == pod.get("status"):
             return
         meta = pod["metadata"]
-
-        def set_status(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-            s.clear()
-            s.update(status)
-        self.store.update_status(POD, meta["namespace"], meta["name"], set_status)
+        self.store.replace_status(POD, meta["namespace"], meta["name"], status)
 
     # ---- deletion -----------------------------------------------------------------------------------
 

@@ -432,12 +432,8 @@ class TrainingJobReconciler:
         if status == (obj.get("status") or {}):
             return
         meta = obj["metadata"]
-
-        def write(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-            s.clear()
-            s.update(copy.deepcopy(status))
         obj["status"] = copy.deepcopy(status)
-        self.store.update_status(self.profile.kind, meta["namespace"], meta["name"], write)
+        self.store.replace_status(self.profile.kind, meta["namespace"], meta["name"], status)
 
 
 def _last_line(path: Path, limit: int = 300) -> str:

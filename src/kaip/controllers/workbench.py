@@ -342,9 +342,5 @@ class WorkbenchReconciler:
         if status == (obj.get("status") or {}):
             return
         meta = obj["metadata"]
-
-        def write(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-            s.clear()
-            s.update(copy.deepcopy(status))
         obj["status"] = copy.deepcopy(status)
-        self.store.update_status(WORKBENCH, meta["namespace"], meta["name"], write)
+        self.store.replace_status(WORKBENCH, meta["namespace"], meta["name"], status)

@@ -255,8 +255,4 @@ class ApplicationReconciler:
         new = {k: v for k, v in status.items() if k not in compare_keys}
         if old == new:
             return
-
-        def apply(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-            s.clear()
-            s.update(status)
-        self.store.update_status(APPLICATION, meta["namespace"], meta["name"], apply)
+        self.store.replace_status(APPLICATION, meta["namespace"], meta["name"], status)

@@ -106,10 +106,7 @@ class RecurringRunReconciler:
                       f"next run at {status['nextScheduledTime']}" if decision.next else "no further runs scheduled",
                       generation=meta.get("generation"))
         if status != rr.get("status"):
-            def apply(s: dict[str, Any], _obj: dict[str, Any]) -> None:
-                s.clear()
-                s.update(status)
-            self.store.update_status(RECURRING_RUN, namespace, name, apply)
+            self.store.replace_status(RECURRING_RUN, namespace, name, status)
         if decision.next is None:
             return None
         return Result(requeue_after=max((decision.next - now).total_seconds(), 1.0))

@@ -56,14 +56,7 @@ class Tracking:
 
     def upload(self, artifact_path: str, file: Path) -> None:
         """Upload one file to the artifact store (streamed)."""
-        def chunks() -> Iterator[bytes]:
-            with file.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    yield chunk
-
-        resp = self.http.put(f"/api/2.0/mlflow-artifacts/artifacts/{quote(artifact_path)}", content=chunks(),
-                             timeout=httpx.Timeout(60, write=600))
-        _check(resp)
+        _check(upload_file(self.http, artifact_path, file))
 
     # ---- runs ---------------------------------------------------------------------------------------
 
@@ -181,6 +174,17 @@ class Tracking:
         resp = self.http.get("/apis/kaip.dev/v1alpha1/lineage",
                              params={"uri": uri, "namespace": namespace or self.client.namespace})
         return _check(resp)
+
+
+def upload_file(http: httpx.Client, artifact_path: str, file: Path) -> httpx.Response:
+    """PUT one file to the MLflow artifact API, streamed in 1 MiB chunks (models are large)."""
+    def chunks() -> Iterator[bytes]:
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    return http.put(f"/api/2.0/mlflow-artifacts/artifacts/{quote(artifact_path)}", content=chunks(),
+                    timeout=httpx.Timeout(60, write=600))
 
 
 def _check(resp: httpx.Response) -> dict[str, Any]:

@@ -434,6 +434,13 @@ class Store:
             return obj
         return self.mutate(info, namespace, name, apply, subresource="status")
 
+    def replace_status(self, info: KindInfo, namespace: str | None, name: str, status: dict[str, Any]) -> Obj:
+        """Write `status` as the object's whole status (a controller's freshly computed one)."""
+        def replace(current: dict[str, Any], _obj: Obj) -> None:
+            current.clear()
+            current.update(copy.deepcopy(status))
+        return self.update_status(info, namespace, name, replace)
+
     def _put(self, conn: Connection, info: KindInfo, namespace: str, name: str, obj: Obj, rv: int) -> None:
         conn.execute(update(resources).where(
             resources.c.kind_key == info.key, resources.c.namespace == namespace, resources.c.name == name)
