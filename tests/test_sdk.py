@@ -5,6 +5,7 @@ rollback, knowledge bases and guardrails."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -358,6 +359,8 @@ def test_deploy_canary_promote_and_rollback(client: kaip.Client, tiny_models: tu
                 {"role": "user", "content": "when does the lab open on monday ?"}], max_tokens=6)]
 
     assert "".join(asyncio.run(streamed())) == answer
+    assert isinstance(bot.complete("the lab opens", max_tokens=3), str)
+    assert any(line.strip() for line in bot.logs())  # the replica's log
     assert bot.openai().models.list().data[0].id == "sdk-bot"
     with pytest.raises(ValueError, match="instances"):
         bot.predict()
@@ -373,6 +376,21 @@ def test_deploy_canary_promote_and_rollback(client: kaip.Client, tiny_models: tu
     assert len(serving) == 1 and serving[0] != latest, bot.traffic
     assert bot.object.spec["predictor"]["model"]["storageUri"] == "models:/sdk-bot@champion"
     assert "sdk-bot" in bot._repr_html_()
+
+
+def test_predict_speaks_kserve_v1_and_open_inference_v2(client: kaip.Client, tmp_path: Path) -> None:
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    (tmp_path / "iris").mkdir()
+    joblib.dump(LogisticRegression(max_iter=300).fit(x, y), tmp_path / "iris" / "model.joblib")
+    iris = client.deploy(str(tmp_path / "iris"), name="sdk-iris", model_format="sklearn", progress=False)
+    rows = [[6.8, 2.8, 4.8, 1.4], [5.1, 3.5, 1.4, 0.2]]
+    assert iris.predict(rows)["predictions"] == [1, 0]
+    v2 = iris.predict(inputs=[{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": rows}])
+    assert v2["outputs"][0]["data"] == [1, 0]
 
 
 @pytest.mark.slow
@@ -391,3 +409,14 @@ def test_knowledge_base_and_guardrails(client: kaip.Client, tmp_path: Path,
     assert any("123-45-6789" in d.get("text", "") for d in found), found
     with pytest.raises(kaip.ApiError):
         client.guardrails("sdk-guard-bad", inference_service="x", input={"no-such-detector": "block"}).detect("hi")
+
+    # A chatbot deployed with both: retrieval from the knowledge base and PII redacted on the way in.
+    bot = client.deploy(str(tiny_models[0]), name="sdk-rag", knowledge_bases=[kb], args=["--max_model_len=128"],
+                        guardrails={"input": {"pii": "redact"}}, progress=False)
+    assert bot.object.annotations["kaip.dev/knowledge-bases"] == "sdk-docs"
+    assert client.get("guardrailsorchestrators", "sdk-rag-guardrails").spec["orchestratorConfig"] == \
+        "sdk-rag-guardrails"
+    reply = bot.openai().chat.completions.create(model="sdk-rag", max_tokens=4, messages=[
+        {"role": "user", "content": "where do visitors park? my ssn is 123-45-6789"}])
+    sources = (reply.model_extra or {}).get("sources")
+    assert sources and "parking.md" in json.dumps(sources), reply.model_extra

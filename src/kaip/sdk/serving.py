@@ -6,9 +6,10 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kaip.sdk.errors import Failed, NotFound
-from kaip.sdk.handles import Handle
+from kaip.sdk.handles import Handle, pod_log_lines
 from kaip.sdk.objects import Object
 from kaip.sdk.progress import Bar
+from kaip.serving import render
 from kaip.serving.traffic import undo_spec
 
 if TYPE_CHECKING:
@@ -185,6 +186,19 @@ class Endpoint(Handle):
                                                   f"{self.name}:predict", json={"instances": instances})
         return self.client.rest._json("POST", f"/serving/{self.namespace}/{self.name}/v2/models/{self.name}/infer",
                                       json={"inputs": inputs})
+
+    def pods(self) -> list[Object]:
+        """The replicas' pods (every revision, predictor and transformer)."""
+        return self.client.list("pods", self.namespace, selector=f"{render.ISVC_LABEL}={self.name}")
+
+    def logs(self, *, follow: bool = False, revision: str | None = None) -> Iterator[str]:
+        """Log lines of a replica of a revision (default: the latest one); with `follow`, as they come."""
+        rev = revision or _predictor(self.refresh()).get("latestCreatedRevision")
+        pods = [p for p in self.pods() if p.labels.get(render.REVISION_LABEL) == rev]
+        if not pods:
+            raise LookupError(f"InferenceService {self.name} has no replica of revision {rev} (scaled to zero?)")
+        newest = max(pods, key=lambda p: p.metadata.get("creationTimestamp") or "")
+        return pod_log_lines(self.client, self.namespace, newest.name, follow=follow)
 
     def _replace_predictor(self, predictor: dict[str, Any]) -> None:
         obj = self.refresh()
