@@ -4,6 +4,7 @@ deactivation past the backoff limit."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from kaip.api.core import NAMESPACE
 from kaip.api.kueue import CLUSTER_QUEUE, LOCAL_QUEUE, RESOURCE_FLAVOR, WORKLOAD
-from kaip.controllers.kueue import queue_settings
+from kaip.controllers.kueue import job_framework, queue_settings
 from kaip.controllers.queue_metrics import QueueMetrics
 from kaip.controllers.queueing import QueueSchedulerReconciler
 from kaip.controllers.workload import WorkloadReconciler
@@ -46,6 +47,20 @@ def test_settings_from_the_environment() -> None:
         queue_settings({"KAIP_KUEUE_BACKOFF_BASE_SECONDS": "-1"})
     with pytest.raises(ValueError, match="KAIP_KUEUE_FAIR_SHARING"):
         queue_settings({"KAIP_KUEUE_FAIR_SHARING": "maybe"})
+
+
+def test_every_queued_kind_backs_off_with_the_servers_settings(monkeypatch: pytest.MonkeyPatch,
+                                                             store: Store) -> None:
+    """Jobs, TrainJobs, PyTorchJobs and Workbenches get their job framework from one place, with these settings."""
+    import kaip.controllers.trainjob as trainjob
+    import kaip.workbench.install as workbench
+
+    monkeypatch.setenv("KAIP_KUEUE_BACKOFF_BASE_SECONDS", "7")
+    monkeypatch.setenv("KAIP_KUEUE_BACKOFF_REASONS", "Preempted")
+    framework = job_framework(store)
+    assert framework.requeuing.backoff_base_seconds == 7 and framework.requeuing.reasons == {"Preempted"}
+    for module in (trainjob, workbench):
+        assert "job_framework(store)" in inspect.getsource(module.install)
 
 
 class Clock:

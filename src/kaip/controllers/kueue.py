@@ -37,6 +37,7 @@ from kaip.scheduling.backoff import RequeuingStrategy
 
 if TYPE_CHECKING:
     from kaip.server.runtime import KaipServer
+    from kaip.store.store import Store
 
 
 def node_capacity(node: NodeCapacity) -> dict[str, int]:
@@ -79,6 +80,12 @@ def queue_settings(env: Mapping[str, str]) -> QueueSettings:
     return QueueSettings(fair in ("true", "1"), requeuing)
 
 
+def job_framework(store: Store) -> JobFramework:
+    """The job framework every queued kind (Jobs, TrainJobs, PyTorchJobs, Workbenches) reconciles through, with
+    the server's requeuing settings, so that backoff after an eviction is the same whatever the kind."""
+    return JobFramework(store, EventRecorder(store, "kueue-job"), queue_settings(os.environ).requeuing)
+
+
 def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
     store, manager = server.store, server.manager
     settings = queue_settings(os.environ)
@@ -100,8 +107,7 @@ def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
     manager.add(Controller("kueue-localqueue", LocalQueueReconciler(store), for_kind=LOCAL_QUEUE, workers=1,
                            watches=[(WORKLOAD.key, workload_local_queue),
                                     (CLUSTER_QUEUE.key, local_queues_of(store))]))
-    framework = JobFramework(store, EventRecorder(store, "kueue-job"), settings.requeuing)
-    manager.add(Controller("job", JobReconciler(store, EventRecorder(store, "job-controller"), framework),
+    manager.add(Controller("job", JobReconciler(store, EventRecorder(store, "job-controller"), job_framework(store)),
                            for_kind=JOB, workers=2,
                            watches=[(POD.key, owner_keys(JOB)), (WORKLOAD.key, owner_keys(JOB))]))
     return scheduler

@@ -490,7 +490,9 @@ def install(server: KaipServer) -> None:
     """Register the TrainJob and PyTorchJob controllers and the built-in runtimes (issue 5)."""
     store, manager = server.store, server.manager
     install_builtin_runtimes(store)
-    framework = JobFramework(store, EventRecorder(store, "kueue-job"))
+    from kaip.controllers.kueue import job_framework
+
+    framework = job_framework(store)
     root = server.home / "training"
     for name, profile in (("trainjob", TRAINJOB_PROFILE), ("pytorchjob", PYTORCHJOB_PROFILE)):
         reconciler = TrainingJobReconciler(store, server.executor, EventRecorder(store, f"{name}-controller"),

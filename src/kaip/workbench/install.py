@@ -4,18 +4,16 @@ included)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from kaip.api.core import POD
 from kaip.api.kueue import WORKLOAD
 from kaip.api.workbench import WORKBENCH
-from kaip.controllers.kueue import queue_settings
+from kaip.controllers.kueue import job_framework
 from kaip.controllers.workbench import WorkbenchReconciler
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Controller, owner_keys
-from kaip.jobs.framework import JobFramework
 from kaip.workbench.proxy import Routes, WorkbenchProxy
 
 
@@ -34,7 +32,7 @@ def install(server: Any) -> Workbenches:
     routes = Routes()
     proxy = WorkbenchProxy(routes, server.authorizer, lambda ns, name: store.try_get(WORKBENCH, ns, name))
     server.app.mount("/workbenches", proxy)
-    framework = JobFramework(store, EventRecorder(store, "kueue-job"), queue_settings(os.environ).requeuing)
+    framework = job_framework(store)
     reconciler = WorkbenchReconciler(store, framework, EventRecorder(store, "workbench-controller"), routes,
                                      server.home / "workbenches",
                                      server_url=lambda: server.pod_credentials.server_url)
