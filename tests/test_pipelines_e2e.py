@@ -358,7 +358,7 @@ def test_a_restarted_server_finishes_the_run(tmp_path: Path) -> None:
     body = {"apiVersion": "kaip.dev/v1alpha1", "kind": "PipelineRun", "metadata": {"name": "survivor"},
             "spec": {"pipelineSpec": compile_python(source)}}
     home = tmp_path / "home"
-    with live_server(home, bookmark_seconds=0.5) as first, first.client() as c:
+    with live_server(home, bookmark_seconds=0.5, stop_workloads=False) as first, first.client() as c:
         assert c.post(RUNS, json=body).status_code == 201
         deadline = time.monotonic() + 20
         while ((c.get(f"{RUNS}/survivor").json().get("status") or {}).get("tasks") or {}).get(

@@ -410,7 +410,7 @@ def test_a_queued_workbench_starts_only_once_admitted(live: LiveServer, api: htt
 
 def test_a_workbench_and_its_files_outlive_a_server_restart(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with live_server(home, bookmark_seconds=0.5) as first, first.client() as api:
+    with live_server(home, bookmark_seconds=0.5, stop_workloads=False) as first, first.client() as api:
         create(api, workbench("keep", "default"))
         wait_phase(api, "keep", "default", "Running")
         put_file(api, "/workbenches/default/keep/", "keep.txt", "still here")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,19 @@ class LocalExecutor:
             for pid, proc in list(self._children.items()):
                 if proc.poll() is not None:
                     del self._children[pid]
+
+    def stop_all(self, grace_seconds: float = 5.0) -> None:
+        """Stop every container process recorded under this executor's root (SIGTERM, then SIGKILL after the
+        grace period). Not what a server does on shutdown (its workloads outlive it); for throwaway servers."""
+        refs = [ref for path in self.root.rglob("pid") if (ref := self._read_pid(path.parent)) and self.alive(ref)]
+        for ref in refs:
+            self.signal(ref, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while any(self.alive(ref) for ref in refs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for ref in refs:
+            self.signal(ref, signal.SIGKILL)
+        self._reap()
 
     def shutdown(self) -> None:
         """Leave workloads running: a restarted server adopts them. Only reap what already ended."""

@@ -36,7 +36,9 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(home: Path, *, database_url: str | None = None, bookmark_seconds: float = 5.0,
-                resync_seconds: float = 300.0) -> Iterator[LiveServer]:
+                resync_seconds: float = 300.0, stop_workloads: bool = True) -> Iterator[LiveServer]:
+    """A server on a free loopback port for the block. On the way out its workloads (model replicas, jobs,
+    workbenches) are stopped too, unless `stop_workloads=False` (a test of a restarted server adopting them)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     kaip = KaipServer(home, database_url=database_url, bookmark_seconds=bookmark_seconds,
@@ -59,3 +61,5 @@ def live_server(home: Path, *, database_url: str | None = None, bookmark_seconds
         server.should_exit = True
         thread.join(timeout=10)
         kaip.stop()
+        if stop_workloads:
+            kaip.executor.stop_all()
