@@ -390,10 +390,14 @@ def test_queued_trainjob_waits_for_admission(api: httpx.Client) -> None:
         assert r.status_code == 201, r.text
     job = wait_for(lambda: finished(api, f"{TRAINJOBS}/queued-small"), "the admitted job to finish")
     assert_complete(job)
-    workloads = get(api, f"{kueue}/namespaces/{NS}/workloads")["items"]
-    mine = {w["metadata"]["ownerReferences"][0]["name"]: w for w in workloads
-            if w["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"}
-    assert condition(mine["queued-small"], "Finished")
+
+    def workloads() -> dict[str, Any]:
+        items = get(api, f"{kueue}/namespaces/{NS}/workloads")["items"]
+        return {w["metadata"]["ownerReferences"][0]["name"]: w for w in items
+                if w["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"}
+    # The job framework marks the Workload Finished on its next pass after the job completes.
+    mine = wait_for(lambda: (lambda m: m if condition(m["queued-small"], "Finished") else None)(workloads()),
+                    "the Workload to be Finished", timeout=30)
     assert mine["queued-small"]["spec"]["podSets"][0]["name"] == "node"
     waiting = get(api, f"{TRAINJOBS}/queued-big")
     assert waiting["spec"]["suspend"] is True and condition(waiting, "Suspended")

@@ -232,8 +232,26 @@ def _send_execute(ws: Any, code: str) -> str:
     return msg_id
 
 
+def _wait_for_iopub(ws: Any) -> None:
+    """Until iopub messages flow on this connection (as JupyterLab does before running a cell): an execute sent
+    earlier could have its result published before this websocket subscribed to them."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ws.send(json.dumps({"header": {"msg_id": uuid.uuid4().hex, "msg_type": "kernel_info_request",
+                                       "username": "test", "session": uuid.uuid4().hex, "version": "5.3"},
+                            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": {}}))
+        try:
+            while True:
+                if json.loads(ws.recv(timeout=1)).get("channel") == "iopub":
+                    return
+        except TimeoutError:
+            continue
+    raise AssertionError("no iopub message from the kernel")
+
+
 def _execute(ws: Any, code: str) -> dict[str, Any]:
     """Run `code` on a kernel over the channels websocket (Jupyter's JSON protocol); its outputs by type."""
+    _wait_for_iopub(ws)
     msg_id = _send_execute(ws, code)
     out: dict[str, Any] = {"stream": ""}
     deadline = time.monotonic() + 60

@@ -34,6 +34,7 @@ from kaip.controlplane.manager import Controller, owner_keys
 from kaip.executor.node import NodeCapacity, detect
 from kaip.jobs.framework import JobFramework
 from kaip.scheduling.backoff import RequeuingStrategy
+from kaip.scheduling.podsready import PodsReadySettings
 
 if TYPE_CHECKING:
     from kaip.server.runtime import KaipServer
@@ -54,12 +55,15 @@ class QueueSettings:
     preemption strategies are upstream's defaults) and `waitForPodsReady.requeuingStrategy`."""
     fair_sharing: bool = False
     requeuing: RequeuingStrategy = RequeuingStrategy()
+    pods_ready: PodsReadySettings | None = None  # waitForPodsReady; None: off, as upstream's default
 
 
 def queue_settings(env: Mapping[str, str]) -> QueueSettings:
     """From the server's environment: KAIP_KUEUE_FAIR_SHARING=true, KAIP_KUEUE_BACKOFF_BASE_SECONDS (60),
     KAIP_KUEUE_BACKOFF_MAX_SECONDS (3600), KAIP_KUEUE_BACKOFF_LIMIT_COUNT (unset: no limit) and
-    KAIP_KUEUE_BACKOFF_REASONS (comma-separated eviction reasons that back off; default PodsReadyTimeout)."""
+    KAIP_KUEUE_BACKOFF_REASONS (comma-separated eviction reasons that back off; default PodsReadyTimeout),
+    KAIP_KUEUE_PODS_READY_TIMEOUT_SECONDS (waitForPodsReady.timeout; unset: waitForPodsReady off) and
+    KAIP_KUEUE_PODS_READY_RECOVERY_TIMEOUT_SECONDS (waitForPodsReady.recoveryTimeout; unset: none)."""
     def number(name: str) -> int | None:
         value = env.get(name, "").strip()
         if not value:
@@ -77,13 +81,19 @@ def queue_settings(env: Mapping[str, str]) -> QueueSettings:
     fair = env.get("KAIP_KUEUE_FAIR_SHARING", "").strip().lower()
     if fair not in ("", "true", "false", "1", "0"):
         raise ValueError(f"KAIP_KUEUE_FAIR_SHARING must be true or false, got {fair!r}")
-    return QueueSettings(fair in ("true", "1"), requeuing)
+    timeout = number("KAIP_KUEUE_PODS_READY_TIMEOUT_SECONDS")
+    recovery = number("KAIP_KUEUE_PODS_READY_RECOVERY_TIMEOUT_SECONDS")
+    if recovery is not None and not timeout:
+        raise ValueError("KAIP_KUEUE_PODS_READY_RECOVERY_TIMEOUT_SECONDS needs KAIP_KUEUE_PODS_READY_TIMEOUT_SECONDS")
+    pods_ready = PodsReadySettings(float(timeout), None if recovery is None else float(recovery)) if timeout else None
+    return QueueSettings(fair in ("true", "1"), requeuing, pods_ready)
 
 
 def job_framework(store: Store) -> JobFramework:
     """The job framework every queued kind (Jobs, TrainJobs, PyTorchJobs, Workbenches) reconciles through, with
     the server's requeuing settings, so that backoff after an eviction is the same whatever the kind."""
-    return JobFramework(store, EventRecorder(store, "kueue-job"), queue_settings(os.environ).requeuing)
+    settings = queue_settings(os.environ)
+    return JobFramework(store, EventRecorder(store, "kueue-job"), settings.requeuing, settings.pods_ready)
 
 
 def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
@@ -96,7 +106,7 @@ def add_queue_controllers(server: KaipServer) -> QueueSchedulerReconciler:
     manager.add(Controller("kueue-scheduler", scheduler, workers=1, initial_keys=lambda: [CYCLE_KEY], watches=[
         (WORKLOAD.key, cycle_key), (CLUSTER_QUEUE.key, cycle_key), (LOCAL_QUEUE.key, cycle_key),
         (COHORT.key, cycle_key), (RESOURCE_FLAVOR.key, cycle_key), (NAMESPACE.key, cycle_key)]))
-    workload = WorkloadReconciler(store, recorder, metrics, settings.requeuing)
+    workload = WorkloadReconciler(store, recorder, metrics, settings.requeuing, pods_ready=settings.pods_ready)
     manager.add(Controller("kueue-workload", workload, for_kind=WORKLOAD,
                            watches=[(CLUSTER_QUEUE.key, workloads_of_cluster_queue(store)),
                                     (LOCAL_QUEUE.key, workloads_of_local_queue(store))]))

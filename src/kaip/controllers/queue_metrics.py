@@ -41,6 +41,15 @@ class QueueMetrics:
                                    ["cohort", "cluster_queue", "flavor", "resource", "replica_role"], registry=r)
         self.status = Gauge("kueue_cluster_queue_status", "Status of a cluster_queue",
                             ["cluster_queue", "status", "replica_role"], registry=r)
+        # waitForPodsReady's own metrics (present when it is on)
+        self.ready_wait = Histogram("kueue_ready_wait_time_seconds",
+                                    "Time from creation or requeue until the workload's pods are ready",
+                                    ["cluster_queue", "priority_class", "replica_role"],
+                                    buckets=_WAIT_BUCKETS, registry=r)
+        self.admitted_until_ready = Histogram("kueue_admitted_until_ready_wait_time_seconds",
+                                              "Time from admission until the workload's pods are ready",
+                                              ["cluster_queue", "priority_class", "replica_role"],
+                                              buckets=_WAIT_BUCKETS, registry=r)
 
     def forget_cluster_queue(self, name: str) -> None:
         for gauge in (self.pending, self.admitted_active, self.reserving_active, self.resource_usage,

@@ -37,6 +37,7 @@ from kaip.controlplane.manager import Controller, Result, owner_keys
 from kaip.executor.local import LocalExecutor
 from kaip.jobs.batch import pod_is_active
 from kaip.jobs.framework import Finished, JobFramework, PodSetInfo
+from kaip.scheduling import podsready
 from kaip.store.store import Store, now_rfc3339
 from kaip.training.launch import (
     Group,
@@ -155,6 +156,9 @@ class TrainingJobAdapter:
 
     def is_active(self) -> bool:
         return any(pod_is_active(p) for p in self.pods)
+
+    def pods_ready(self) -> bool:
+        return podsready.all_ready(self.pods)
 
 
 # ---- the reconciler ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from kaip.controlplane.manager import Result
 from kaip.jobs import workload as wls
 from kaip.jobs.batch import pod_is_active
 from kaip.jobs.framework import Finished, JobFramework, PodSetInfo
+from kaip.scheduling import podsready
 from kaip.scheduling.quantity import QuantityError, parse_quantity
 from kaip.store.store import Store, now_rfc3339
 from kaip.workbench import culling, render
@@ -79,6 +80,9 @@ class WorkbenchJob:
 
     def is_active(self) -> bool:
         return any(pod_is_active(p) for p in self.pods)
+
+    def pods_ready(self) -> bool:
+        return podsready.all_ready(self.pods)
 
 
 def requests_of(pod_sets: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, dict[str, int]]]]:

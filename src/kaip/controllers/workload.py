@@ -24,7 +24,7 @@ from kaip.controlplane.conditions import get_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Result
 from kaip.jobs import workload as wls
-from kaip.scheduling import backoff
+from kaip.scheduling import backoff, podsready
 from kaip.scheduling.snapshot import parse_time
 from kaip.store.store import Change, Store
 
@@ -49,12 +49,15 @@ def workloads_of_local_queue(store: Store) -> Any:
 class WorkloadReconciler:
     def __init__(self, store: Store, recorder: EventRecorder, metrics: QueueMetrics,
                  requeuing: backoff.RequeuingStrategy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 pods_ready: podsready.PodsReadySettings | None = None) -> None:
         self.store = store
         self.recorder = recorder
         self.metrics = metrics
         self.requeuing = requeuing or backoff.RequeuingStrategy()
         self.clock = clock
+        self.pods_ready = pods_ready
+        self._ready_seen: set[tuple[str, str]] = set()  # (uid, PodsReady transition time) already measured
 
     def reconcile(self, key: tuple[str, str]) -> Result | None:
         namespace, name = key
@@ -67,12 +70,13 @@ class WorkloadReconciler:
             owned = any(r.get("controller") for r in wl["metadata"].get("ownerReferences") or [])
             if not owned:
                 requeue = bool(wl["spec"].get("active", True))
-                exceeded: list[bool] = []
+                exceeded = requeue and wls.exceeds_requeuing_limit(wl.get("status"), self.requeuing)
+                if exceeded:
+                    wls.deactivate(self.store, wl)  # first: the scheduler never sees it pending and active
                 now = self.clock()
-                self._status(wl, lambda s: exceeded.append(
-                    wls.unset_quota_reservation(s, requeue=requeue, now=now, strategy=self.requeuing)))
-                if any(exceeded):
-                    wls.deactivate(self.store, wl)
+                self._status(wl, lambda s: wls.unset_quota_reservation(s, requeue=requeue, now=now,
+                                                                       strategy=self.requeuing))
+                if exceeded:
                     return None
                 return self._backoff(self.store.try_get(WORKLOAD, namespace, name))
             return None
@@ -99,9 +103,46 @@ class WorkloadReconciler:
         if lq is not None and (lq.get("spec") or {}).get("stopPolicy") == "HoldAndDrain":
             self._evict(wl, wls.EVICTED_LOCAL_QUEUE_STOPPED, "The LocalQueue is stopped")
             return None
-        if limit:
-            return Result(requeue_after=max(0.5, limit - ran))
-        return None
+        waits = [max(0.5, limit - ran)] if limit else []
+        if self.pods_ready is not None:
+            verdict = self._wait_for_pods_ready(wl)
+            if verdict.evict:
+                return None
+            if verdict.recheck_after is not None:
+                waits.append(max(0.5, verdict.recheck_after))
+        return Result(requeue_after=min(waits)) if waits else None
+
+    def _wait_for_pods_ready(self, wl: dict[str, Any]) -> podsready.Verdict:
+        """Time the admitted workload's pods out (evicting it, reason PodsReadyTimeout), or measure when they
+        became ready."""
+        assert self.pods_ready is not None
+        status = wl["status"]
+        admitted = get_condition(status, wls.ADMITTED) or {}
+        cond = get_condition(status, podsready.PODS_READY)
+        since = parse_time(cond.get("lastTransitionTime")) if cond and cond.get("lastTransitionTime") else None
+        now = self.clock()
+        if cond and cond.get("status") == "True" and cond.get("reason") == podsready.STARTED:
+            self._measure_ready(wl, cond, now=since or now, admitted_at=parse_time(admitted.get("lastTransitionTime")))
+        verdict = podsready.timeout_verdict(self.pods_ready, now, parse_time(admitted.get("lastTransitionTime")),
+                                            cond, since)
+        if verdict.evict:
+            meta = wl["metadata"]
+            self._evict(wl, backoff.PODS_READY_TIMEOUT,
+                        f"Exceeded the PodsReady timeout {meta['namespace']}/{meta['name']}", cause=verdict.cause)
+        return verdict
+
+    def _measure_ready(self, wl: dict[str, Any], cond: dict[str, Any], *, now: float, admitted_at: float) -> None:
+        key = (wl["metadata"].get("uid", ""), str(cond.get("lastTransitionTime")))
+        if key in self._ready_seen:
+            return
+        self._ready_seen.add(key)
+        labels = (wl["status"]["admission"]["clusterQueue"],
+                  (wl["spec"].get("priorityClassRef") or {}).get("name", ""), ROLE)
+        requeued = get_condition(wl["status"], wls.REQUEUED)
+        queued_at = parse_time(requeued["lastTransitionTime"]) if requeued and requeued.get("status") == "True" \
+            else parse_time(wl["metadata"].get("creationTimestamp"))
+        self.metrics.ready_wait.labels(*labels).observe(max(0.0, now - queued_at))
+        self.metrics.admitted_until_ready.labels(*labels).observe(max(0.0, now - admitted_at))
 
     def _backoff(self, wl: dict[str, Any] | None) -> Result | None:
         """A workload backing off after an eviction: requeued (BackoffFinished) once `requeueAt` has passed."""
@@ -123,12 +164,13 @@ class WorkloadReconciler:
         meta = wl["metadata"]
         self.store.mutate(WORKLOAD, meta["namespace"], meta["name"], apply)
 
-    def _evict(self, wl: dict[str, Any], reason: str, message: str) -> None:
-        written = self._status(wl, lambda s: wls.set_evicted(s, reason, message))
+    def _evict(self, wl: dict[str, Any], reason: str, message: str, *, cause: str = "") -> None:
+        written = self._status(wl, lambda s: wls.set_evicted(s, reason, message, underlying_cause=cause))
         if written is not None:
             cq = wl["status"]["admission"]["clusterQueue"]
-            self.metrics.evicted_total.labels(cq, reason, "", ROLE).inc()
-            self.recorder.record(written, "Normal", "Evicted", message)
+            self.metrics.evicted_total.labels(cq, reason, cause, ROLE).inc()
+            event = "EvictedDueToPodsReadyTimeout" if reason == backoff.PODS_READY_TIMEOUT else "Evicted"
+            self.recorder.record(written, "Normal", event, message)
 
     def _status(self, wl: dict[str, Any], fn: Any) -> dict[str, Any] | None:
         meta = wl["metadata"]

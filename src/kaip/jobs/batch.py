@@ -10,6 +10,7 @@ from kaip.api.batch import JOB
 from kaip.api.kinds import KindInfo
 from kaip.controlplane.conditions import is_true
 from kaip.jobs.framework import Finished, PodSetInfo
+from kaip.scheduling import podsready
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -73,3 +74,6 @@ class BatchJob:
 
     def is_active(self) -> bool:
         return any(pod_is_active(p) for p in self.pods)
+
+    def pods_ready(self) -> bool:
+        return podsready.all_ready(self.pods)

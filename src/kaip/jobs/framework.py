@@ -33,9 +33,10 @@ from kaip.api.kueue import (
     WORKLOAD_PRIORITY_CLASS,
 )
 from kaip.api.validation import validate_document
+from kaip.controlplane.conditions import get_condition, set_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.jobs import workload as wls
-from kaip.scheduling import backoff
+from kaip.scheduling import backoff, podsready
 from kaip.scheduling.snapshot import QUEUED_AT_ANNOTATION
 from kaip.store.store import Store
 
@@ -84,6 +85,10 @@ class GenericJob(Protocol):
         """Whether any of its pods still exists (running or terminating)."""
         ...
 
+    def pods_ready(self) -> bool:
+        """Whether all its pods are ready or succeeded (Kueue's PodsReady; `podsready.all_ready` of its pods)."""
+        ...
+
 
 def workload_name(kind: KindInfo, name: str, uid: str) -> str:
     """Kueue's GetWorkloadNameForOwnerWithGVK: `<kind>-<name>-<hash>`."""
@@ -94,10 +99,12 @@ def workload_name(kind: KindInfo, name: str, uid: str) -> str:
 
 class JobFramework:
     def __init__(self, store: Store, recorder: EventRecorder,
-                 requeuing: backoff.RequeuingStrategy | None = None) -> None:
+                 requeuing: backoff.RequeuingStrategy | None = None,
+                 pods_ready: podsready.PodsReadySettings | None = None) -> None:
         self.store = store
         self.recorder = recorder
         self.requeuing = requeuing or backoff.RequeuingStrategy()
+        self.pods_ready = pods_ready  # waitForPodsReady: None when off
 
     # ---- lookups ------------------------------------------------------------------------------------
 
@@ -141,22 +148,34 @@ class JobFramework:
                            else "The workload has no reservation")
                 self._write_job(job, lambda j: (j.suspend(), j.restore(wl["spec"]["podSets"])))
                 self.recorder.record(job.obj, "Normal", "Stopped", message)
+                if self.pods_ready is not None:  # the next admission waits to start again
+                    self._status(wl, lambda s: set_condition(s, podsready.PODS_READY, False, podsready.WAIT_FOR_START,
+                                                             podsready.MESSAGES[podsready.WAIT_FOR_START]))
                 return False
             if wls.has_quota_reservation(wl) and (wls.is_evicted(wl) or not wl["spec"].get("active", True)) \
                     and not job.is_active():
                 requeue = bool(wl["spec"].get("active", True))
-                exceeded: list[bool] = []
-                self._status(wl, lambda s: exceeded.append(
-                    wls.unset_quota_reservation(s, requeue=requeue, strategy=self.requeuing)))
-                if any(exceeded):
-                    wls.deactivate(self.store, wl)
+                if requeue and wls.exceeds_requeuing_limit(wl.get("status"), self.requeuing):
+                    wls.deactivate(self.store, wl)  # first: the scheduler never sees it pending and active
+                self._status(wl, lambda s: wls.unset_quota_reservation(s, requeue=requeue, strategy=self.requeuing))
             return False
         if job.is_suspended():
             infos = self._pod_set_infos(wl)
             self._write_job(job, lambda j: j.run_with(infos))
             self.recorder.record(job.obj, "Normal", "Started",
                                  f"Admitted by clusterQueue {wl['status']['admission']['clusterQueue']}")
+        if self.pods_ready is not None:
+            self._update_pods_ready(job, wl)
         return True
+
+    def _update_pods_ready(self, job: GenericJob, wl: dict[str, Any]) -> None:
+        """Keep the Workload's PodsReady condition in step with the job's pods (the workload controller times
+        it out)."""
+        previous = get_condition(wl.get("status"), podsready.PODS_READY)
+        ready, reason = podsready.condition_for(job.pods_ready(), previous)
+        if previous and previous.get("status") == ("True" if ready else "False") and previous.get("reason") == reason:
+            return
+        self._status(wl, lambda s: set_condition(s, podsready.PODS_READY, ready, reason, podsready.MESSAGES[reason]))
 
     def _pod_set_infos(self, wl: dict[str, Any]) -> list[PodSetInfo]:
         out = []

@@ -56,18 +56,22 @@ def set_admitted(status: dict[str, Any], admission: dict[str, Any]) -> None:
     status["conditions"] = [c for c in status.get("conditions") or [] if c["type"] not in (EVICTED, PREEMPTED)]
 
 
-def set_evicted(status: dict[str, Any], reason: str, message: str, *, preemption_reason: str | None = None) -> None:
+def set_evicted(status: dict[str, Any], reason: str, message: str, *, preemption_reason: str | None = None,
+                underlying_cause: str | None = None) -> None:
+    """Evicted=True; `underlying_cause` is the preemption reason, or PodsReadyTimeout's wait (WaitForStart /
+    WaitForRecovery), as schedulingStats.evictions records it."""
     set_condition(status, EVICTED, True, reason, message)
     if preemption_reason:
         set_condition(status, PREEMPTED, True, preemption_reason, message)
     set_condition(status, REQUEUED, False, reason, message)
+    cause = preemption_reason or underlying_cause or ""
     stats = status.setdefault("schedulingStats", {}).setdefault("evictions", [])
     for item in stats:
-        if item.get("reason") == reason and item.get("underlyingCause", "") == (preemption_reason or ""):
+        if item.get("reason") == reason and item.get("underlyingCause", "") == cause:
             item["count"] = int(item.get("count", 0)) + 1
             break
     else:
-        stats.append({"reason": reason, "underlyingCause": preemption_reason or "", "count": 1})
+        stats.append({"reason": reason, "underlyingCause": cause, "count": 1})
 
 
 def unset_quota_reservation(status: dict[str, Any], *, requeue: bool, now: float | None = None,
@@ -101,6 +105,16 @@ def unset_quota_reservation(status: dict[str, Any], *, requeue: bool, now: float
     if requeue:
         set_condition(status, REQUEUED, True, reason, "The workload was requeued after its eviction")
     return False
+
+
+def exceeds_requeuing_limit(status: dict[str, Any] | None, strategy: backoff.RequeuingStrategy) -> bool:
+    """Whether giving the quota back now would pass the backoff limit: the workload must then be deactivated
+    before its status says it is pending, or the scheduler could admit it again in between."""
+    status = status or {}
+    reason = (get_condition(status, EVICTED) or {}).get("reason", "")
+    if reason not in strategy.reasons:
+        return False
+    return backoff.decide(strategy, int((status.get("requeueState") or {}).get("count") or 0), 0.0).deactivate
 
 
 def deactivate(store: Any, wl: dict[str, Any]) -> None:
