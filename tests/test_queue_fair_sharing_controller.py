@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from kaip.api.core import NAMESPACE
 from kaip.api.kueue import CLUSTER_QUEUE, LOCAL_QUEUE, RESOURCE_FLAVOR, WORKLOAD
@@ -56,12 +57,24 @@ def holds(store: Store, name: str) -> bool:
 
 @pytest.mark.parametrize("fair", [True, False])
 def test_a_queue_borrows_back_its_fair_share_only_with_fair_sharing(store: Store, fair: bool) -> None:
-    scheduler = QueueSchedulerReconciler(store, EventRecorder(store, "test"), QueueMetrics(None), fair_sharing=fair)
+    registry = CollectorRegistry()
+    scheduler = QueueSchedulerReconciler(store, EventRecorder(store, "test"), QueueMetrics(registry),
+                                         fair_sharing=fair)
     for i in range(5):  # a borrows 3 of the cohort's 6 CPUs
         store.create(WORKLOAD, workload(f"a{i}", "a", 1, at=i))
     store.create(WORKLOAD, workload("b0", "b", 1, at=10))
     scheduler.reconcile("cycle")
     assert all(holds(store, f"a{i}") for i in range(5)) and holds(store, "b0")
+    shares = {name: ((store.get(CLUSTER_QUEUE, None, name).get("status") or {}).get("fairSharing") or {}).get(
+        "weightedShare") for name in ("a", "b", "c")}
+    gauge = {name: registry.get_sample_value("kueue_cluster_queue_weighted_share", {
+        "cluster_queue": name, "cohort": "org", "replica_role": "standalone"}) for name in ("a", "b")}
+    if fair:  # a borrows 3 of the 6 the cohort can lend: 3 * 1000 / 6, weight 1
+        assert shares == {"a": 500, "b": 0, "c": 0} and gauge == {"a": 500.0, "b": 0.0}
+        assert registry.get_sample_value("kueue_cohort_weighted_share", {"cohort": "org",
+                                                                        "replica_role": "standalone"}) == 0.0
+    else:  # reported only with fair sharing on, as upstream
+        assert shares == {"a": None, "b": None, "c": None} and gauge == {"a": None, "b": None}
     store.create(WORKLOAD, workload("b-big", "b", 2, at=20))  # b would borrow 1
     scheduler.reconcile("cycle")
     evicted = sorted(w["metadata"]["name"] for w in store.list(WORKLOAD, "team")[0] if wls.is_evicted(w))

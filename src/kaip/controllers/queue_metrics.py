@@ -41,6 +41,13 @@ class QueueMetrics:
                                    ["cohort", "cluster_queue", "flavor", "resource", "replica_role"], registry=r)
         self.status = Gauge("kueue_cluster_queue_status", "Status of a cluster_queue",
                             ["cluster_queue", "status", "replica_role"], registry=r)
+        # fair sharing (present when it is on)
+        self.cq_weighted_share = Gauge("kueue_cluster_queue_weighted_share",
+                                       "Max over resources of usage above nominal quota / lendable in the cohort, "
+                                       "x1000, divided by the weight", ["cluster_queue", "cohort", "replica_role"],
+                                       registry=r)
+        self.cohort_weighted_share = Gauge("kueue_cohort_weighted_share", "The weighted share of a cohort",
+                                           ["cohort", "replica_role"], registry=r)
         # waitForPodsReady's own metrics (present when it is on)
         self.ready_wait = Histogram("kueue_ready_wait_time_seconds",
                                     "Time from creation or requeue until the workload's pods are ready",
@@ -53,7 +60,7 @@ class QueueMetrics:
 
     def forget_cluster_queue(self, name: str) -> None:
         for gauge in (self.pending, self.admitted_active, self.reserving_active, self.resource_usage,
-                      self.nominal_quota, self.status):
+                      self.nominal_quota, self.status, self.cq_weighted_share):
             for labels in list(gauge._metrics):  # noqa: SLF001  (prometheus_client has no public removal by prefix)
                 names = gauge._labelnames  # noqa: SLF001
                 values = dict(zip(names, labels, strict=True))

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CYCLE_KEY = "cycle"
 
 
+MAX_INT64 = 9_223_372_036_854_775_807  # upstream's weighted share of a borrowing queue with weight 0
+
+
 def cycle_key(_change: Change) -> Iterable[str]:
     return [CYCLE_KEY]
 
@@ -114,7 +117,33 @@ class QueueSchedulerReconciler:
             wl = by_key[key]
             if self._pending_differs(wl, reason, message):
                 self._write(wl, lambda s, r=reason, m=message: wls.set_pending(s, m, reason=r))
+        if self.fair_sharing:
+            self._weighted_shares(sched, cqs, {o["metadata"]["name"]: o for o in self.store.list(COHORT)[0]})
         return None
+
+    def _weighted_shares(self, sched: Scheduler, cqs: dict[str, Any], cohorts: dict[str, Any]) -> None:
+        """Fair sharing's view of who borrows how much: `status.fairSharing.weightedShare` on ClusterQueues and
+        Cohorts, and the `kueue_cluster_queue_weighted_share` / `kueue_cohort_weighted_share` gauges."""
+        queue_shares, cohort_shares = sched.weighted_shares()
+        for kind, objs, shares in ((CLUSTER_QUEUE, cqs, queue_shares), (COHORT, cohorts, cohort_shares)):
+            for name, share in shares.items():
+                value = MAX_INT64 if share == float("inf") else int(share)
+                if kind is CLUSTER_QUEUE:
+                    cohort = ((objs.get(name) or {}).get("spec") or {}).get("cohortName") or ""
+                    self.metrics.cq_weighted_share.labels(name, cohort, ROLE).set(value)
+                else:
+                    self.metrics.cohort_weighted_share.labels(name, ROLE).set(value)
+                obj = objs.get(name)
+                if obj is None or ((obj.get("status") or {}).get("fairSharing") or {}).get("weightedShare") == value:
+                    continue
+
+                def write(status: dict[str, Any], _o: dict[str, Any], v: int = value) -> None:
+                    status.setdefault("fairSharing", {})["weightedShare"] = v
+                try:
+                    self.store.update_status(kind, None, name, write)
+                except errors.ApiError as err:
+                    if err.code != 404:
+                        raise
 
     @staticmethod
     def _inadmissible(wl: dict[str, Any], lqs: dict[tuple[str, str], Any], cqs: dict[str, Any],

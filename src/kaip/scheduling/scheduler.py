@@ -118,6 +118,14 @@ class Scheduler:
 
     # ---- scheduling ---------------------------------------------------------------------------------
 
+    def weighted_shares(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Each ClusterQueue's and Cohort's weighted share (DRS / weight) with the usage as it stands: what
+        upstream reports as `status.fairSharing.weightedShare` and `kueue_*_weighted_share`."""
+        queues = {name: self.tree.share(node, self.queues[name].fair_weight) for name, node in self.tree.queues.items()}
+        cohorts = {name: self.tree.share(node, self.cohort_weights.get(name, 1.0))
+                   for name, node in self.tree.cohorts.items()}
+        return queues, cohorts
+
     def run(self, max_cycles: int = 100_000) -> CycleResult:
         total = CycleResult()
         for _ in range(max_cycles):
