@@ -369,6 +369,7 @@ def test_mlflow_3_lists_and_downloads_an_artifact_folder(server: LiveServer, mlf
     import mlflow
 
     mlflow_env(server.token)
+    mlflow.set_experiment("folders")  # not an experiment id left over from another test's server
     folder = tmp_path / "weights"
     folder.mkdir()
     (folder / "w.bin").write_bytes(b"\x00\x01")
