@@ -11,9 +11,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -22,20 +22,11 @@ from typer.testing import CliRunner
 
 from kaip.cli.main import app
 from kaip.testing.live import LiveServer, free_port
+from kaip.testing.waiting import wait_for
 
-T = TypeVar("T")
 KAIP = Path(sys.executable).with_name("kaip")
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class Kaip:

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
 from kaip.testing.live import LiveServer
-
-T = TypeVar("T")
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+from kaip.testing.waiting import wait_for
 
 
 def cm_path(ns: str, name: str = "") -> str:

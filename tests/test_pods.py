@@ -7,9 +7,9 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -17,24 +17,14 @@ import pytest
 from kaip.api.core import POD
 from kaip.executor.local import ProcessRef
 from kaip.testing.live import LiveServer
+from kaip.testing.waiting import wait_for
 
-T = TypeVar("T")
 NS = "default"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05) -> T:
-    """Poll `fn` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def pod_doc(name: str, code: str, *, restart: str = "Never", **spec: Any) -> dict[str, Any]:

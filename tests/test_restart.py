@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -25,20 +24,11 @@ from kaip.controlplane.events import EventRecorder
 from kaip.executor.local import LocalExecutor
 from kaip.store import Store
 from kaip.testing.live import free_port, live_server
+from kaip.testing.waiting import wait_for
 
-T = TypeVar("T")
 KAIP = Path(sys.executable).with_name("kaip")
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class ServerProcess:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -22,24 +22,15 @@ from kaip.cli.main import app as cli
 from kaip.cli.workbench import open_url
 from kaip.controllers.workbench import requests_of
 from kaip.testing.live import LiveServer, live_server
+from kaip.testing.waiting import wait_for
 from kaip.workbench import culling, render
 from kaip.workbench.proxy import same_origin, split_cookies, split_path, take_token
 
-T = TypeVar("T")
 WB = "/apis/kaip.dev/v1alpha1/namespaces/{ns}/workbenches"
 KUEUE = "/apis/kueue.x-k8s.io/v1beta2"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notebooks"
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
