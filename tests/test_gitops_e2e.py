@@ -221,3 +221,43 @@ def test_create_namespace_option_and_sync_errors(api: Any, tmp_path: Path) -> No
     cond = next(c for c in status["conditions"] if c["type"] == "SyncError")
     assert cond["message"] == "ConfigMap absent/a: " + NS_MISSING
     assert status["sync"]["status"] == "OutOfSync"
+
+
+def test_a_signed_push_webhook_refreshes_the_application_at_once(server: LiveServer, api: Any, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    import httpx
+
+    monkeypatch.setenv("KAIP_GITOPS_REFRESH_SECONDS", "3600")  # no polling: only the webhook can bring the change
+    repo = Repo(tmp_path / "repo")
+    repo.commit({"deploy/a.yaml": configmap("hooked", "one")}, "first")
+    app = application("hooked", f"file://{repo.path}", syncPolicy={"automated": {}})
+    assert api.post(APPS, json=app).status_code == 201
+    wait_for("the first sync", lambda: api.get(f"{CMS}/hooked").status_code == 200)
+    repo.commit({"deploy/a.yaml": configmap("hooked", "two")}, "second")
+    api.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kaip-system"}})
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "argocd-secret", "namespace": "kaip-system"},
+              "data": {"webhook.github.secret": base64.b64encode(b"hook-secret").decode()}}
+    assert api.post("/api/v1/namespaces/kaip-system/secrets", json=secret).status_code == 201
+    body = json.dumps({"ref": "refs/heads/main", "repository": {"clone_url": f"file://{repo.path}",
+                                                                "default_branch": "main"}}).encode()
+    with httpx.Client(base_url=server.url) as anonymous:  # no token: only the signature lets it in
+        unsigned = anonymous.post("/api/webhook", content=body, headers={"X-GitHub-Event": "push"})
+        assert unsigned.status_code == 401
+        forged = anonymous.post("/api/webhook", content=body, headers={
+            "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64})
+        assert forged.status_code == 401
+        signature = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+        r = anonymous.post("/api/webhook", content=body, headers={"X-GitHub-Event": "push",
+                                                                  "X-Hub-Signature-256": signature})
+        assert r.status_code == 200 and r.json() == {"refreshed": ["argocd/hooked"]}, r.text
+    wait_for("the webhook's refresh to sync the new commit",
+             lambda: api.get(f"{CMS}/hooked").json()["data"]["value"] == "two", timeout=20)
+    assert REFRESH not in (api.get(f"{APPS}/hooked").json()["metadata"].get("annotations") or {})
+    other = api.post("/api/webhook", content=json.dumps({"ref": "refs/heads/main", "repository": {
+        "clone_url": "https://github.com/someone/else"}}), headers={"X-GitHub-Event": "push"})
+    assert other.status_code == 200 and other.json() == {"refreshed": []}  # a Kaip token also lets it in

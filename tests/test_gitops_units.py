@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from kaip.api import core  # noqa: F401
 from kaip.api.kinds import REGISTRY
 from kaip.gitops.sync import (
@@ -120,3 +124,56 @@ def test_application_fields_are_named_exactly_as_the_argo_cd_crd() -> None:
             node = node.get("items", node)
             assert part in node.get("properties", {}), f"{path}: {part!r} is not in the Argo CD CRD"
             node = node["properties"][part]
+
+
+# ---- the webhook (pure parts) -------------------------------------------------------------------------------------
+
+def test_repository_urls_normalise_to_one_spelling(tmp_path: Path) -> None:
+    from kaip.gitops.webhook import normalise_repo
+
+    spellings = ["https://github.com/Org/repo.git", "https://user:tok@github.com/Org/repo/",
+                 "git@github.com:Org/repo.git", "ssh://git@GitHub.com:22/Org/repo"]
+    assert {normalise_repo(u) for u in spellings} == {"github.com/Org/repo"}
+    assert normalise_repo(f"file://{tmp_path}/r/") == normalise_repo(str(tmp_path / "r")) == str(tmp_path / "r")
+
+
+def test_a_push_moves_the_applications_tracking_its_ref() -> None:
+    from kaip.gitops.webhook import Push, moves
+
+    push = Push("github", frozenset({"github.com/org/repo"}), "refs/heads/main", "main")
+    assert moves(push, "https://github.com/org/repo.git", "main")
+    assert moves(push, "git@github.com:org/repo.git", "refs/heads/main")
+    assert moves(push, "https://github.com/org/repo", "HEAD") and moves(push, "https://github.com/org/repo", None)
+    assert not moves(push, "https://github.com/org/repo", "release")
+    assert not moves(push, "https://github.com/org/repo", "3f2c1a9")  # a pinned commit does not move
+    assert not moves(push, "https://github.com/org/other", "main")
+    feature = Push("github", frozenset({"github.com/org/repo"}), "refs/heads/feature", "main")
+    assert not moves(feature, "https://github.com/org/repo", "HEAD")
+
+
+def test_push_payloads_and_signatures_of_each_provider() -> None:
+    import hashlib
+    import hmac
+    import json
+
+    from kaip.gitops.webhook import WebhookError, parse_push, provider_of, verify
+
+    body = json.dumps({"ref": "refs/heads/main", "repository": {
+        "html_url": "https://github.com/org/repo", "clone_url": "https://github.com/org/repo.git",
+        "default_branch": "main"}}).encode()
+    headers = {"x-github-event": "push",
+               "x-hub-signature-256": "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()}
+    assert provider_of(headers) == "github"
+    push = parse_push("github", headers, body)
+    assert push is not None and push.repos == {"github.com/org/repo"} and push.default_branch == "main"
+    assert verify("github", headers, body, "s3cret") and not verify("github", headers, body, "other")
+    assert not verify("github", headers, body + b" ", "s3cret")
+    assert parse_push("github", {"x-github-event": "ping"}, b"{}") is None
+    gitlab = json.dumps({"ref": "refs/heads/main", "project": {"git_http_url": "https://gitlab.com/g/p.git",
+                                                               "default_branch": "main"}}).encode()
+    assert parse_push("gitlab", {"x-gitlab-event": "Push Hook"}, gitlab).repos == {"gitlab.com/g/p"}
+    assert verify("gitlab", {"x-gitlab-token": "t"}, gitlab, "t") and not verify("gitlab", {}, gitlab, "t")
+    with pytest.raises(WebhookError, match="not JSON"):
+        parse_push("github", {"x-github-event": "push"}, b"{oops")
+    with pytest.raises(WebhookError, match="names no repository"):
+        parse_push("github", {"x-github-event": "push"}, b"{}")
