@@ -302,6 +302,18 @@ SUM = textwrap.dedent('''
         first = add(a=x, b=y)
         return add(a=first.output, b=10).output
 ''')
+PUBLISH = textwrap.dedent('''
+    @dsl.component(base_image="python:3.11")
+    def publish(folder: str) -> str:
+        import kaip
+
+        return kaip.Client().register_model("from-pipeline", folder).uri
+
+
+    @dsl.pipeline(name="sdk-publish")
+    def publishing(folder: str):
+        publish(folder=folder)
+''')
 FAILS = textwrap.dedent('''
     @dsl.pipeline(name="sdk-fails")
     def fails():
@@ -332,6 +344,23 @@ def test_pipelines_run_and_schedule_from_python(client: kaip.Client, tmp_path: P
     bad = client.run_pipeline(failing)  # a Python file, compiled with kfp as `kaip run -f` does
     with pytest.raises(kaip.Failed, match="on purpose|fail"):
         bad.wait(timeout=240, progress=False)
+
+    # A task that registers a model (with the SDK, as its namespace's pipeline-runner) is its origin in lineage.
+    client.apply([{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "pipeline-runner"}},
+                  {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "pipeline-runner-edit"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": NS}]}])
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w.bin").write_bytes(b"\x01")
+    publishing = tmp_path / "publish.py"
+    publishing.write_text(COMPONENTS + PUBLISH)
+    published = client.run_pipeline(publishing, params={"folder": str(tmp_path / "weights")}).wait(timeout=240)
+    assert published.outputs("publish")["parameters"]["Output"] == "models:/from-pipeline/1"
+    graph = client.lineage("models:/from-pipeline/1")
+    tasks = [n for n in graph["nodes"] if n["kind"] == "pipelinetask"]
+    assert [t["name"] for t in tasks] == ["publish"] and tasks[0]["attributes"]["run"] == published.name
+    assert {"source": tasks[0]["id"], "target": graph["root"], "relation": "registered"} in graph["edges"]
 
     schedule = client.schedule_pipeline(total, cron="0 0 3 * * 1", params={"x": 1}, name="weekly-sum")
     assert schedule.kind == "RecurringRun" and schedule.spec["trigger"] == {"cronSchedule": {"cron": "0 0 3 * * 1"}}

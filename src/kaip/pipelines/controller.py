@@ -231,7 +231,11 @@ class PipelineRunReconciler:
                         "containers": [{
                    "name": CONTAINER, "image": container.get("container", {}).get("image", ""),
                    "command": prepared.command, "workingDir": str(task_dir),
-                   "env": [{"name": k, "value": v} for k, v in prepared.env.items()]}]}}
+                   "env": [{"name": k, "value": v} for k, v in prepared.env.items()]
+                   # Which task this is, for what the task records elsewhere (a model version it registers
+                   # links back to it in lineage).
+                   + [{"name": "KAIP_PIPELINE_RUN", "value": meta["name"]},
+                      {"name": "KAIP_PIPELINE_TASK", "value": task_id}]}]}}
         if rec.get("workload") and requests:  # quota was reserved for these: the Pod carries them, as with Kueue
             pod["spec"]["containers"][0]["resources"] = {"requests": requests}
         try:

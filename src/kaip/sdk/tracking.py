@@ -7,6 +7,7 @@ version has a run behind it (lineage: run → version).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,7 @@ class Tracking:
 
     def register_model(self, name: str, source: Any, *, alias: str | None = None, tags: dict[str, str] | None = None,
                        description: str | None = None, namespace: str | None = None) -> ModelVersion:
+        tags = {**pipeline_task_tags(), **(tags or {})}
         run_id, uri = self._source(name, source, namespace)
         try:
             self.call("POST", "registered-models/create", {"name": name}, namespace=namespace)
@@ -174,6 +176,15 @@ class Tracking:
         resp = self.http.get("/apis/kaip.dev/v1alpha1/lineage",
                              params={"uri": uri, "namespace": namespace or self.client.namespace})
         return _check(resp)
+
+
+def pipeline_task_tags() -> dict[str, str]:
+    """Inside a pipeline task (its pod's KAIP_PIPELINE_RUN / KAIP_PIPELINE_TASK): the tags that link a version it
+    registers to the task in lineage."""
+    run, task, ns = (os.environ.get(k, "") for k in ("KAIP_PIPELINE_RUN", "KAIP_PIPELINE_TASK", "KAIP_NAMESPACE"))
+    if not (run and task and ns):
+        return {}
+    return {"kaip.pipeline_run": f"{ns}/{run}", "kaip.pipeline_task": task}
 
 
 def upload_file(http: httpx.Client, artifact_path: str, file: Path) -> httpx.Response:

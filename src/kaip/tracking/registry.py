@@ -79,6 +79,21 @@ def canonical_stage(stage: Any) -> str:
     return STAGES[stage.lower()]
 
 
+PIPELINE_RUN_TAG = "kaip.pipeline_run"  # NS/RUN, or RUN in the version's namespace
+PIPELINE_TASK_TAG = "kaip.pipeline_task"  # the task id within that run
+
+
+def pipeline_task_key(namespace: str, tags: dict[str, str]) -> str | None:
+    """The lineage node of the pipeline task that registered a version, from its tags (the SDK sets them from a
+    task's KAIP_PIPELINE_RUN / KAIP_PIPELINE_TASK). Only a run in the version's own namespace is linked, so a
+    tag cannot tie a version to another team's pipeline."""
+    run, task = tags.get(PIPELINE_RUN_TAG, ""), tags.get(PIPELINE_TASK_TAG, "")
+    ns, _, name = run.rpartition("/")
+    if not name or not task or (ns and ns != namespace):
+        return None
+    return f"pipelinetask:{namespace}/{name}/{task}"
+
+
 class RegistryService:
     def __init__(self, store: Store) -> None:
         self.db = Database(store)
@@ -366,6 +381,9 @@ class RegistryService:
         lineage.record_node(key, "modelversion", namespace, f"{mv['name']}/{mv['version']}", attrs)
         if mv.get("run_id"):
             lineage.record_edge(run_key(mv["run_id"]), key, "produced", run_ns or namespace)
+        task = pipeline_task_key(namespace, {t["key"]: t["value"] for t in mv.get("tags") or []})
+        if task is not None:  # the task's own node is recorded when it finishes; an edge may come first
+            lineage.record_edge(task, key, "registered", namespace)
 
     def get_version(self, access: Access, namespace: str, name: Any, version: Any) -> dict[str, Any]:
         def fn(conn: Connection) -> dict[str, Any]:
