@@ -83,8 +83,8 @@ def test_transformer_schema_accepts_a_container_and_refuses_unsupported_fields_b
     canary = {"containers": [{"name": "c"}], "canaryTrafficPercent": 10}
     assert "spec.transformer.canaryTrafficPercent: not implemented" in \
         invalid_message(isvc({"predictor": predictor, "transformer": canary}))
-    assert "spec.explainer: not implemented" in invalid_message(isvc({"predictor": predictor, "explainer": {
-        "containers": [{"name": "c"}]}}))
+    assert "spec.explainer.art: not implemented" in invalid_message(isvc({"predictor": predictor, "explainer": {
+        "containers": [{"name": "c"}], "art": {"type": "SquareAttack"}}}))
 
 
 def _module(tmp_path: Path) -> ModuleType:

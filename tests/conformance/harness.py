@@ -117,6 +117,11 @@ EXTRA_RULES: dict[str, tuple[Rule, ...]] = {
         *(Rule(r.path.format(c="spec.transformer"), r.message, r.why) for r in _COMPONENT_RULES
           if "canaryTrafficPercent" not in r.path),
         *(Rule(f"spec.transformer.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
+        Rule("spec.explainer", "containers: Required value",
+             "Kaip runs custom explainers only: an explainer is its container ('art' is not implemented)"),
+        *(Rule(r.path.format(c="spec.explainer"), r.message, r.why) for r in _COMPONENT_RULES
+          if "canaryTrafficPercent" not in r.path),
+        *(Rule(f"spec.explainer.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
     ),
     "serving.kserve.io/ServingRuntime": (
         Rule("spec", "multiModel", "Kaip serves one model per runtime process (ModelMesh is not implemented)"),

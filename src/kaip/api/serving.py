@@ -176,7 +176,11 @@ class TransformerSpec(ComponentSpec):
 
 
 class ExplainerSpec(ComponentSpec):
-    art: Unsupported = None
+    """An explainer: one container that answers `/v1/models/{name}:explain` and calls the predictor itself. Without
+    `command` it runs Kaip's explainer runtime (feature attributions for tabular models)."""
+
+    art: Unsupported = None  # upstream's built-in ART explainer: an image Kaip does not ship
+    canaryTrafficPercent: Unsupported = None  # type: ignore[assignment]  # canary rollouts are the predictor's
 
     @model_validator(mode="after")
     def _container(self) -> ExplainerSpec:
@@ -188,8 +192,7 @@ class ExplainerSpec(ComponentSpec):
 class InferenceServiceSpec(Schema):
     predictor: PredictorSpec
     transformer: TransformerSpec | None = None
-    # ExplainerSpec is written; the controller does not run explainers yet, so it is refused rather than ignored.
-    explainer: Unsupported = None
+    explainer: ExplainerSpec | None = None
     canary: Unsupported = None
 
 

@@ -3,8 +3,9 @@
 Each reconcile reads the InferenceService and its Pods, then: makes a new revision when the predictor's process
 changed (the revision records the spec it was made from, so a rollback can return to it), decides the traffic
 split (`kaip.serving.traffic.plan`), sizes every revision with its autoscaler, creates or deletes replica Pods
-(owned by the InferenceService, so they go with it), tells the gateway the routes and endpoints, and writes
-status. It runs again every second while the InferenceService exists: that is the autoscaler's pace.
+(owned by the InferenceService, so they go with it), does the same for the transformer and the explainer (each
+with its own revisions, no canary), tells the gateway the routes and endpoints, and writes status. It runs again
+every second while the InferenceService exists: that is the autoscaler's pace.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kaip.controlplane.manager import Result
 from kaip.executor.local import LocalExecutor
 from kaip.serving import render
 from kaip.serving.autoscaler import policy_for
-from kaip.serving.internal import internal_token, load_key, predictor_route_name
+from kaip.serving.internal import explainer_route_name, internal_token, load_key, predictor_route_name
 from kaip.serving.selection import SelectionError, select_runtime
 from kaip.serving.storage import StorageError, resolve_storage_uri
 from kaip.serving.system import Route, ServingSystem, free_port
@@ -38,6 +39,7 @@ RESYNC_SECONDS = 1.0
 DEFAULT_TIMEOUT = 300.0  # Knative's default revision timeout
 MAX_REVISIONS = 10
 PROBE_PATHS = {"kaip-vllm": "/health"}
+COMPONENTS = ("transformer", "explainer")  # beside the predictor, each with its own revisions and replicas
 
 
 class ResolveError(Exception):
@@ -161,20 +163,25 @@ class InferenceServiceReconciler:
                 failures[rev_name] = failure
             self._scale(isvc, rev, rev_pods, want)
         known = {r["name"] for r in revisions}
+        components: dict[str, tuple[list[Target], bool]] = {}  # component -> (traffic, serving)
+        for component in COMPONENTS:
+            c_spec = isvc["spec"].get(component)
+            if c_spec:
+                c_comp = status["components"].setdefault(component, {})
+                c_targets, c_serving, c_failure = self._component(isvc, component, c_spec, c_comp, pods, now)
+                components[component] = (c_targets, c_serving)
+                known |= {r["name"] for r in c_comp["revisions"]}
+                if c_failure:
+                    failures[component] = c_failure
+            else:
+                status["components"].pop(component, None)
+                if status.get("conditions"):  # a removed component's condition goes with it
+                    status["conditions"] = [c for c in status["conditions"]
+                                            if c.get("type") != f"{component.capitalize()}Ready"]
+                self.system.forget(namespace, [rev for (ns, rev), owner in list(self.system.owners.items())
+                                               if owner == key and rev.startswith(f"{name}-{component}-")])
         transformer = isvc["spec"].get("transformer")
-        t_targets: list[Target] = []
-        t_serving: bool | None = None
-        if transformer:
-            t_comp = status["components"].setdefault("transformer", {})
-            t_targets, t_serving, t_failure = self._transformer(isvc, transformer, t_comp, pods, now)
-            known |= {r["name"] for r in t_comp["revisions"]}
-            if t_failure:
-                failures["transformer"] = t_failure
-        else:
-            status["components"].pop("transformer", None)
-            self.system.routes.pop((namespace, predictor_route_name(name)), None)
-            self.system.forget(namespace, [rev for (ns, rev), owner in list(self.system.owners.items())
-                                           if owner == key and rev.startswith(f"{name}-transformer-")])
+        explainer = isvc["spec"].get("explainer")
         for rev_name, rev_pods in pods.items():
             if rev_name not in known:
                 for pod in rev_pods:
@@ -193,26 +200,37 @@ class InferenceServiceReconciler:
         annotations = isvc["metadata"].get("annotations") or {}
         public = annotations.get(render.PUBLIC_ANNOTATION, "").lower() == "true"
         if traffic_plan is not None:
-            # Behind a transformer the predictor has an internal route that only the transformer's token opens.
-            self.system.set_route(Route(
-                namespace, predictor_route_name(name) if transformer else name, traffic_plan.targets,
-                timeout=float(predictor.get("timeout") or DEFAULT_TIMEOUT),
-                concurrency=int(predictor.get("containerConcurrency") or 0),
-                public=public and not transformer,
-                logger=None if transformer else predictor.get("logger"), annotations=annotations,
-                scale_metric=predictor.get("scaleMetric") or "concurrency"))
-        if transformer and t_targets:
-            self.system.set_route(Route(
-                namespace, name, t_targets, timeout=float(transformer.get("timeout") or DEFAULT_TIMEOUT),
-                concurrency=int(transformer.get("containerConcurrency") or 0), public=public,
-                logger=transformer.get("logger") or predictor.get("logger"), annotations=annotations,
-                scale_metric=transformer.get("scaleMetric") or "concurrency"))
+            # The public route, unless a transformer takes it; and what a transformer or an explainer calls, an
+            # internal route that the InferenceService's token opens (not logged: the user's request is logged on
+            # the route it came in by).
+            for route_name, wanted in ((name, not transformer), (predictor_route_name(name), transformer or explainer)):
+                if wanted:
+                    internal = route_name != name
+                    self.system.set_route(Route(
+                        namespace, route_name, traffic_plan.targets,
+                        timeout=float(predictor.get("timeout") or DEFAULT_TIMEOUT),
+                        concurrency=int(predictor.get("containerConcurrency") or 0), public=public and not internal,
+                        logger=None if internal else predictor.get("logger"), annotations=annotations,
+                        scale_metric=predictor.get("scaleMetric") or "concurrency"))
+        if not (transformer or explainer):
+            self.system.routes.pop((namespace, predictor_route_name(name)), None)
+        for component, route_name in (("transformer", name), ("explainer", explainer_route_name(name))):
+            c_spec = isvc["spec"].get(component)
+            if c_spec and components[component][0]:
+                self.system.set_route(Route(
+                    namespace, route_name, components[component][0],
+                    timeout=float(c_spec.get("timeout") or DEFAULT_TIMEOUT),
+                    concurrency=int(c_spec.get("containerConcurrency") or 0), public=public,
+                    logger=c_spec.get("logger") or predictor.get("logger"), annotations=annotations,
+                    scale_metric=c_spec.get("scaleMetric") or "concurrency"))
+        if not explainer:
+            self.system.routes.pop((namespace, explainer_route_name(name)), None)
 
         # 5. Status.
         self._status(isvc, status, comp, traffic_plan, latest_name, problem, failures, generation, routed,
                      created=latest["name"] if latest else None)
-        if t_serving is not None:
-            self._transformer_status(status, t_serving, failures.get("transformer"), generation)
+        for component, (_, c_serving) in components.items():
+            self._component_status(status, component, c_serving, failures.get(component), generation)
         if status != (isvc.get("status") or {}):
             self.store.replace_status(INFERENCE_SERVICE, namespace, name, status)
         return Result(requeue_after=RESYNC_SECONDS)
@@ -259,10 +277,10 @@ class InferenceServiceReconciler:
                 self._delete_pod(pod)
         if len(live) < want:
             for _ in range(want - len(live)):
-                if component == "transformer":
-                    self._create_transformer_pod(isvc, rev)
-                else:
+                if component == "predictor":
                     self._create_pod(isvc, rev)
+                else:
+                    self._create_component_pod(isvc, rev, component)
             self.recorder.record(isvc, "Normal", "ScaledUp", f"Scaled revision {rev['name']} to {want}")
 
     def _create_pod(self, isvc: dict[str, Any], rev: dict[str, Any]) -> None:
@@ -287,15 +305,22 @@ class InferenceServiceReconciler:
             if err.code not in (404, 409):
                 raise
 
-    def _create_transformer_pod(self, isvc: dict[str, Any], rev: dict[str, Any]) -> None:
+    def _create_component_pod(self, isvc: dict[str, Any], rev: dict[str, Any], component: str) -> None:
+        """A replica of the transformer or the explainer: both reach the predictor through its internal route."""
         meta = isvc["metadata"]
         spec = rev["spec"]
         port = free_port()
         server = ((config.read_credentials(self.home) or {}).get("server") or "").rstrip("/")
         predictor_url = f"{server}/serving/{meta['namespace']}/{predictor_route_name(meta['name'])}"
-        container = render.render_transformer_container(spec["containers"][0], name=meta["name"], port=port,
-                                                        predictor_url=predictor_url, token=self._token(isvc))
-        pod = render.render_pod(isvc, "transformer", rev["name"], f"{rev['name']}-{secrets.token_hex(3)}",
+        if component == "explainer":
+            # KServe gives an explainer a host, to which it adds `http://` and the protocol's path.
+            container = render.render_explainer_container(
+                spec["containers"][0], name=meta["name"], port=port, token=self._token(isvc),
+                predictor_host=predictor_url.split("://", 1)[-1])
+        else:
+            container = render.render_transformer_container(spec["containers"][0], name=meta["name"], port=port,
+                                                            predictor_url=predictor_url, token=self._token(isvc))
+        pod = render.render_pod(isvc, component, rev["name"], f"{rev['name']}-{secrets.token_hex(3)}",
                                 container, spec, port)
         try:
             self.store.create(POD, pod)
@@ -312,22 +337,23 @@ class InferenceServiceReconciler:
         self.system.internal_tokens[token] = (meta["namespace"], meta["name"])
         return token
 
-    # ---- transformer -------------------------------------------------------------------------------------
+    # ---- transformer and explainer -------------------------------------------------------------------------
 
-    def _transformer(self, isvc: dict[str, Any], transformer: dict[str, Any], comp: dict[str, Any],
-                     pods: dict[str, list[dict[str, Any]]], now: float) -> tuple[list[Target], bool, str | None]:
-        """Revisions and replicas of the transformer: the latest revision takes all the traffic once ready (the
-        last ready one serves until then). Returns the traffic, whether it is serving, and a failure if any."""
+    def _component(self, isvc: dict[str, Any], component: str, c_spec: dict[str, Any], comp: dict[str, Any],
+                   pods: dict[str, list[dict[str, Any]]], now: float) -> tuple[list[Target], bool, str | None]:
+        """Revisions and replicas of the transformer or the explainer: the latest revision takes all the traffic
+        once ready (the last ready one serves until then). Returns the traffic, whether it is serving, and a
+        failure if any."""
         meta = isvc["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         self._token(isvc)
         revisions: list[dict[str, Any]] = comp.setdefault("revisions", [])
-        want_hash = render.transformer_hash(transformer)
+        want_hash = render.component_hash(c_spec)
         latest = next((r for r in revisions if r["hash"] == want_hash), None)
         if latest is None:
             number = max((int(r["name"].rsplit("-", 1)[1]) for r in revisions), default=0) + 1
-            latest = {"name": f"{name}-transformer-{number:05d}", "hash": want_hash,
-                      "spec": {k: copy.deepcopy(transformer[k]) for k in render.TRANSFORMER_FIELDS if k in transformer},
+            latest = {"name": f"{name}-{component}-{number:05d}", "hash": want_hash,
+                      "spec": {k: copy.deepcopy(c_spec[k]) for k in render.COMPONENT_FIELDS if k in c_spec},
                       "everReady": False}
             revisions.append(latest)
             self.recorder.record(isvc, "Normal", "RevisionCreated", f"Created revision {latest['name']}")
@@ -335,7 +361,7 @@ class InferenceServiceReconciler:
             latest["everReady"] = True
         serving_rev = latest if latest["everReady"] else \
             next((r for r in reversed(revisions) if r.get("everReady")), latest)
-        policy = policy_for(transformer, meta.get("annotations") or {})
+        policy = policy_for(c_spec, meta.get("annotations") or {})
         failure = None
         for rev in revisions:
             rev_pods = pods.get(rev["name"], [])
@@ -353,7 +379,7 @@ class InferenceServiceReconciler:
             rev["replicas"] = want
             if rev is latest:
                 failure = self._failure(rev_pods)
-            self._scale(isvc, rev, rev_pods, want, component="transformer")
+            self._scale(isvc, rev, rev_pods, want, component=component)
         while len(revisions) > MAX_REVISIONS:
             old = next((r for r in revisions if r is not latest and r is not serving_rev
                         and not pods.get(r["name"])), None)
@@ -367,24 +393,29 @@ class InferenceServiceReconciler:
         targets = [Target(serving_rev["name"], 100, serving_rev is latest)]
         comp["traffic"] = [t.to_status() for t in targets]
         server = ((config.read_credentials(self.home) or {}).get("server") or "").rstrip("/")
-        comp["url"] = f"{server}/serving/{namespace}/{name}"
+        # The component's own address, as upstream's: the explainer's route also answers `…/{name}:explain`.
+        comp["url"] = f"{server}/serving/{namespace}/" + (explainer_route_name(name) if component == "explainer"
+                                                          else name)
         serving = bool(self.system.ready_pods(namespace, serving_rev["name"])) or \
             bool(serving_rev.get("everReady") and serving_rev["replicas"] == 0)
         return targets, serving, failure
 
-    def _transformer_status(self, status: dict[str, Any], serving: bool, failure: str | None,
-                            generation: int) -> None:
+    def _component_status(self, status: dict[str, Any], component: str, serving: bool, failure: str | None,
+                          generation: int) -> None:
+        """`TransformerReady` / `ExplainerReady`; `Ready` (and `IngressReady`, as KServe's ingress waits for every
+        component) needs it."""
+        kind = component.capitalize()
         if serving:
-            set_condition(status, "TransformerReady", True, "RevisionReady", "", generation=generation)
+            set_condition(status, f"{kind}Ready", True, "RevisionReady", "", generation=generation)
         elif failure:
-            set_condition(status, "TransformerReady", False, "RevisionFailed", failure, generation=generation)
+            set_condition(status, f"{kind}Ready", False, "RevisionFailed", failure, generation=generation)
         else:
-            set_condition(status, "TransformerReady", False, "RevisionMissing",
-                          "waiting for the transformer to become ready", generation=generation)
+            set_condition(status, f"{kind}Ready", False, "RevisionMissing",
+                          f"waiting for the {component} to become ready", generation=generation)
         if not serving:
-            set_condition(status, "IngressReady", False, "NoReadyRevision", "the transformer is not ready",
+            set_condition(status, "IngressReady", False, "NoReadyRevision", f"the {component} is not ready",
                           generation=generation)
-            set_condition(status, "Ready", False, "TransformerNotReady", "the transformer is not ready",
+            set_condition(status, "Ready", False, f"{kind}NotReady", f"the {component} is not ready",
                           generation=generation)
 
     def _delete_pod(self, pod: dict[str, Any]) -> None:

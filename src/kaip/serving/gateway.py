@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from kaip.api import errors
 from kaip.serving import cloudevents
 from kaip.serving.balancer import Endpoint, pick
+from kaip.serving.internal import EXPLAINER_SUFFIX
 from kaip.serving.metrics import GatewayMetrics, protocol_of
 from kaip.serving.predictions import PredictionLog, parse_duration, payload, token_counts
 from kaip.serving.system import Route, ServingSystem
@@ -137,6 +138,8 @@ class Gateway:
             namespace, name = parts[0], parts[1]
             rest = "/" + (parts[2] if len(parts) > 2 else "")
             route = self.system.routes.get((namespace, name))
+            if rest.endswith(":explain"):  # as KServe's ingress: `:explain` goes to the explainer when there is one
+                route = self.system.routes.get((namespace, name + EXPLAINER_SUFFIX), route)
             user = None
             if route is None or not route.public:
                 user = await self._authorize(scope, namespace)
@@ -417,9 +420,10 @@ class Gateway:
         request_doc = payload(body, ctype)
         response_doc = payload(response, "application/json") if response else None
         prompt, completion = token_counts(response_doc, response)
+        isvc = route.name.partition("~")[0]  # an explainer's route logs into its InferenceService's log
         record = {"id": request_id, "timestamp": time.time(),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "namespace": route.namespace, "inferenceservice": route.name, "revision": revision,
+                  "namespace": route.namespace, "inferenceservice": isvc, "revision": revision,
                   "modelVersion": route.annotations.get("serving.kaip.dev/model-version"),
                   "path": path, "status": code, "latencyMs": round(seconds * 1000, 3),
                   "promptTokens": prompt, "completionTokens": completion}
@@ -437,7 +441,7 @@ class Gateway:
         if mode in ("all", "response"):
             record["response"] = response_doc
         try:
-            self.predictions.append(route.namespace, route.name, record)
+            self.predictions.append(route.namespace, isvc, record)
         except OSError as err:
             log.warning("prediction log write failed: %s", err)
         if logger.get("url"):
@@ -450,7 +454,9 @@ class Gateway:
                     continue  # KServe logs responses only when the upstream answered 200
                 source = f"kaip://gateway/{revision or route.name}"
                 ce = cloudevents.headers(event_id=request_id, kind=kind, source=source,
-                                         namespace=route.namespace, name=route.name, component="predictor",
+                                         namespace=route.namespace, name=isvc,
+                                         component="explainer" if route.name.endswith(EXPLAINER_SUFFIX)
+                                         else "predictor",
                                          endpoint="", content_type=ctype if kind == "request" else "application/json",
                                          metadata=meta or None, annotations=annotations or None)
                 events.append((ce, body if kind == "request" else response))

@@ -1,8 +1,8 @@
-"""Calls from one component of an InferenceService to another through the gateway (a transformer to its
-predictor), authenticated without a user's token.
+"""Calls from one component of an InferenceService to another through the gateway (a transformer or an explainer
+to its predictor), authenticated without a user's token.
 
-Each InferenceService with a transformer gets an internal token, an HMAC of its uid under a key kept in
-`$KAIP_HOME/serving/internal.key` (so it survives a server restart); the controller gives it to the transformer's
+Each InferenceService with a transformer or an explainer gets an internal token, an HMAC of its uid under a key kept
+in `$KAIP_HOME/serving/internal.key` (so it survives a server restart); the controller gives it to those components'
 Pods and registers it here. The gateway's authorizer is wrapped: that token is the identity
 `system:serving:{namespace}:{name}` with the view role in its own namespace and nowhere else; every other
 token goes to the server's authorizer.
@@ -20,12 +20,18 @@ from typing import Any
 from kaip.server.auth import Identity
 
 TOKEN_PREFIX = "kaipsvc-"
-PREDICTOR_SUFFIX = "~predictor"  # internal route name: `~` cannot appear in an object name, so no clash
+PREDICTOR_SUFFIX = "~predictor"  # internal route names: `~` cannot appear in an object name, so no clash
+EXPLAINER_SUFFIX = "~explainer"
 
 
 def predictor_route_name(name: str) -> str:
-    """The gateway route of a predictor that sits behind a transformer: /serving/{ns}/{name}~predictor/…"""
+    """The gateway route of a predictor that a transformer or an explainer calls: /serving/{ns}/{name}~predictor/…"""
     return f"{name}{PREDICTOR_SUFFIX}"
+
+
+def explainer_route_name(name: str) -> str:
+    """The gateway route of an explainer; `/serving/{ns}/{name}/…:explain` is sent to it."""
+    return f"{name}{EXPLAINER_SUFFIX}"
 
 
 def load_key(home: Path) -> bytes:

@@ -126,25 +126,49 @@ def render_pod(isvc: dict[str, Any], component: str, revision: str, pod_name: st
 
 
 TRANSFORMER_MODULE = "kaip.serving.runtimes.transformer"
-TRANSFORMER_FIELDS = ("containers", "labels", "annotations", "resources", "serviceAccountName", "priorityClassName",
-                      "terminationGracePeriodSeconds")
+EXPLAINER_MODULE = "kaip.serving.runtimes.explainer"
+# Fields of a transformer or an explainer that change its process, and so make a new revision of it.
+COMPONENT_FIELDS = ("containers", "labels", "annotations", "resources", "serviceAccountName", "priorityClassName",
+                    "terminationGracePeriodSeconds")
+TRANSFORMER_FIELDS = COMPONENT_FIELDS
 
 
-def transformer_hash(component: dict[str, Any]) -> str:
-    relevant = {k: component[k] for k in TRANSFORMER_FIELDS if k in component}
+def component_hash(component: dict[str, Any]) -> str:
+    relevant = {k: component[k] for k in COMPONENT_FIELDS if k in component}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+transformer_hash = component_hash
+
+
+def _component_container(container: dict[str, Any], module: str, *, name: str, port: int, token: str,
+                         added: list[str]) -> dict[str, Any]:
+    """A transformer's or explainer's container: without a command, Kaip's runtime `module`; `--model_name` (unless
+    given), then the replica's port and the `added` args, which replace any the user wrote (they are Kaip's to set,
+    as KServe sets `--predictor_host`), and the internal token that opens the predictor's route."""
+    merged = render_container(None, {**container, "command": container.get("command") or ["python", "-m", module]},
+                              name=name, model_dir=None, port=port)
+    merged["name"] = container.get("name") or "kserve-container"
+    replaced = ("--http_port=", *(a.split("=", 1)[0] + "=" for a in added))
+    args = [a for a in merged["args"] if not a.startswith(replaced)]
+    if not any(a.startswith("--model_name=") for a in args):
+        args.insert(0, f"--model_name={name}")
+    merged["args"] = [*args, f"--http_port={port}", *added]
+    merged["env"].append({"name": "KAIP_PREDICTOR_TOKEN", "value": token})
+    return merged
 
 
 def render_transformer_container(container: dict[str, Any], *, name: str, port: int, predictor_url: str,
                                  token: str) -> dict[str, Any]:
-    """The transformer's container: without a command, Kaip's transformer runtime; the model name, the replica's
-    port and the predictor's internal URL are added as KServe adds `--model_name` / `--predictor_host`."""
-    merged = render_container(None, {**container, "command": container.get("command") or
-                                     ["python", "-m", TRANSFORMER_MODULE]}, name=name, model_dir=None, port=port)
-    merged["name"] = container.get("name") or "kserve-container"
-    args = [a for a in merged["args"] if not a.startswith(("--http_port=", "--predictor_url="))]
-    if not any(a.startswith("--model_name=") for a in args):
-        args.insert(0, f"--model_name={name}")
-    merged["args"] = [*args, f"--http_port={port}", f"--predictor_url={predictor_url}"]
-    merged["env"].append({"name": "KAIP_PREDICTOR_TOKEN", "value": token})
-    return merged
+    """The transformer's container: the predictor's internal URL is added as KServe adds `--predictor_host`."""
+    return _component_container(container, TRANSFORMER_MODULE, name=name, port=port, token=token,
+                                added=[f"--predictor_url={predictor_url}"])
+
+
+def render_explainer_container(container: dict[str, Any], *, name: str, port: int, predictor_host: str,
+                               token: str) -> dict[str, Any]:
+    """The explainer's container, with KServe's explainer args: `--model_name`, `--http_port` and
+    `--predictor_host` (host:port and the path of the predictor's internal route, so that an explainer written for
+    KServe, which POSTs to `http://{predictor_host}/v1/models/{name}:predict`, reaches it through the gateway)."""
+    return _component_container(container, EXPLAINER_MODULE, name=name, port=port, token=token,
+                                added=[f"--predictor_host={predictor_host}"])

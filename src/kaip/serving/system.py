@@ -21,6 +21,7 @@ import httpx
 
 from kaip.serving.autoscaler import Autoscaler, ConcurrencyMeter, Policy
 from kaip.serving.balancer import Endpoint
+from kaip.serving.internal import explainer_route_name, predictor_route_name
 from kaip.serving.traffic import Target, WeightedPicker
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ class ServingSystem:
         self.routes[key] = route
 
     def drop(self, namespace: str, name: str, revisions: list[str]) -> None:
-        self.routes.pop((namespace, name), None)
-        self.routes.pop((namespace, f"{name}~predictor"), None)
+        for route in (name, predictor_route_name(name), explainer_route_name(name)):
+            self.routes.pop((namespace, route), None)
         for token, owner in list(self.internal_tokens.items()):
             if owner == (namespace, name):
                 self.internal_tokens.pop(token, None)

@@ -1,8 +1,10 @@
 """`kaip-sklearn`: scikit-learn (and, where installed, xgboost / lightgbm) models saved with joblib or pickle,
-served over KServe v1 and Open Inference v2, as KServe's sklearnserver does."""
+served over KServe v1 and Open Inference v2, as KServe's sklearnserver does: with `PREDICT_PROBA=true` in the
+environment a classifier answers `predict_proba` (one probability per class) instead of `predict`."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from kaip.serving.runtimes import oip
 from kaip.serving.runtimes.server import Model, ModelError, build_app, parse_args, serve
 
 MODEL_EXTENSIONS = (".joblib", ".pkl", ".pickle")
+ENV_PREDICT_PROBA = "PREDICT_PROBA"  # KServe sklearnserver's switch
 
 
 def find_model_file(model_dir: Path) -> Path:
@@ -46,12 +49,16 @@ class SKLearnModel(Model):
         if not hasattr(self.estimator, "predict"):
             raise RuntimeError(f"{model_dir}: the loaded object ({type(self.estimator).__name__}) has no predict()")
         self.n_features = getattr(self.estimator, "n_features_in_", None)
+        self.proba = os.environ.get(ENV_PREDICT_PROBA, "false").lower() == "true" and \
+            hasattr(self.estimator, "predict_proba")
         self.ready = True
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta["inputs"] = [{"name": "input-0", "datatype": "FP64", "shape": [-1, self.n_features or -1]}]
-        meta["outputs"] = [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+        meta["outputs"] = [{"name": "output-0", "datatype": "FP64", "shape": [-1, len(self.estimator.classes_)]}
+                           if self.proba and hasattr(self.estimator, "classes_") else
+                           {"name": "output-0", "datatype": "INT64", "shape": [-1]}]
         return meta
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
@@ -61,7 +68,7 @@ class SKLearnModel(Model):
             raise ModelError(f"expected {self.n_features} features per instance, got {x.shape[1]} "
                              f"(input shape {list(x.shape)})")
         try:
-            return np.asarray(self.estimator.predict(x))
+            return np.asarray(self.estimator.predict_proba(x) if self.proba else self.estimator.predict(x))
         except (ValueError, TypeError) as err:
             raise ModelError(str(err)) from err
 
