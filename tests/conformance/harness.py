@@ -54,7 +54,8 @@ OPENAPI = SHARED / "openapi"
 OWN_GROUPS = ("kaip.dev",)
 # Kinds whose generated (property-based) checks run: their owners have finished them. Adding a group here is the
 # one line that turns on generation, mutation and defaulting checks for its kinds (e.g. "kueue.x-k8s.io").
-GENERATED_GROUPS: tuple[str, ...] = ("serving.kserve.io", "trustyai.opendatahub.io", "kueue.x-k8s.io")
+GENERATED_GROUPS: tuple[str, ...] = ("serving.kserve.io", "trustyai.opendatahub.io", "kueue.x-k8s.io",
+                                     "trainer.kubeflow.org", "kubeflow.org", "argoproj.io")
 # CRD files whose names do not follow `<group>_<plural>.yaml`.
 CRD_FILE_OVERRIDES = {"argoproj.io/Application": "argo-cd/application-crd.yaml",
                       "kubeflow.org/Experiment": "katib/experiment.yaml"}
@@ -214,6 +215,122 @@ EXTRA_RULES.update({
         *(Rule(f"spec.podSets[*].template.spec.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
     ),
 })
+# A pod template in a training kind is validated as a Workload's pod set template is (the same schema).
+_WORKLOAD_TEMPLATE = "spec.podSets[*].template"
+
+
+def _pod_template_rules(prefix: str) -> tuple[Rule, ...]:
+    return tuple(Rule(prefix + r.path[len(_WORKLOAD_TEMPLATE):], r.message, r.why)
+                 for r in EXTRA_RULES["kueue.x-k8s.io/Workload"] if r.path.startswith(f"{_WORKLOAD_TEMPLATE}.spec"))
+
+
+def _env_rules(prefix: str) -> tuple[Rule, ...]:
+    return tuple(Rule(f"{prefix}.{p}", m, w) for p, m, w in _CONTAINER_RULES[3:])
+
+
+_NO_SPEC = ("the object has nothing to run without a spec; upstream's controller fails to reconcile it (its spec has "
+            "required fields)")
+_JOB = "spec.template.spec.replicatedJobs[*]"
+_ONE_JOB = ("Kaip's local launcher runs the trainer job only (initializer jobs are not run; the TrainJob's "
+            "initializer.storageUri is used instead)")
+_RUNTIME_RULES = (
+    Rule("spec", "Required value", _NO_SPEC),
+    Rule("spec.template", "Required value", "a runtime is its JobSet template: the trainer's pods come from it "
+                                            "(upstream's JobSet has no replicated jobs without it)"),
+    Rule("spec.template.spec", "Required value", "a runtime is its JobSet template: the trainer's pods come from "
+                                                 "it"),
+    Rule("spec.template.spec.replicatedJobs", "Required value", "JobSet's webhook: a JobSet has replicated jobs"),
+    Rule("spec.template.spec.replicatedJobs", "at least 1 item", "JobSet's webhook: a JobSet has replicated jobs"),
+    Rule("spec.template.spec.replicatedJobs", "exactly one replicated job must be the trainer", _ONE_JOB),
+    Rule("spec.template.spec.replicatedJobs", "keep only the trainer job", _ONE_JOB),
+    Rule("spec.mlPolicy.numNodes", "greater than or equal to 1", "Kubeflow Trainer: a runtime runs on at least one "
+                                                                 "node"),
+    Rule("spec.template.spec.failurePolicy.maxRestarts", "greater than or equal to 0",
+         "a restart budget is a count (JobSet counts restarts up from 0)"),
+    Rule("spec.template.spec.failurePolicy.restartStrategy", "Input should be 'Recreate'",
+         "Kaip restarts the whole group from its checkpoint (Recreate); BlockingRecreate and InPlaceRestart are not "
+         "implemented"),
+    Rule(f"{_JOB}.replicas", "greater than or equal to 1", "Kaip runs the trainer job once (numNodes sets the nodes)"),
+    Rule(f"{_JOB}.replicas", "less than or equal to 1", "Kaip runs the trainer job once (numNodes sets the nodes)"),
+    Rule(f"{_JOB}.template.spec", "Required value", "Kubernetes' Job validation: a Job has a pod template"),
+    Rule(f"{_JOB}.template.spec.backoffLimit", "greater than or equal to 0", "Kubernetes' Job validation"),
+    Rule(f"{_JOB}.template.spec.completionMode", "Input should be 'Indexed' or 'NonIndexed'",
+         "Kubernetes' Job validation allows only these values"),
+    *_pod_template_rules(f"{_JOB}.template.spec.template"),
+)
+_TRAINER_WEBHOOK = "Kubeflow Trainer: a TrainJob runs on at least one node, with at least one process per node"
+_PYTORCH_WEBHOOK = "the Training Operator's PyTorchJob webhook"
+_REPLICA = "spec.pytorchReplicaSpecs.*"
+EXTRA_RULES.update({
+    "trainer.kubeflow.org/TrainingRuntime": _RUNTIME_RULES,
+    "trainer.kubeflow.org/ClusterTrainingRuntime": _RUNTIME_RULES,
+    "trainer.kubeflow.org/TrainJob": (
+        Rule("spec", "Required value", _NO_SPEC),
+        Rule("spec.runtimeRef.kind", "Input should be 'ClusterTrainingRuntime' or 'TrainingRuntime'",
+             "Kubeflow Trainer resolves a runtime of these two kinds only"),
+        Rule("spec.trainer.numNodes", "greater than or equal to 1", _TRAINER_WEBHOOK),
+        Rule("spec.trainer.numProcPerNode", "greater than or equal to 1", _TRAINER_WEBHOOK),
+        *_env_rules("spec.trainer"),
+        *_env_rules("spec.initializer.dataset"),
+        *_env_rules("spec.initializer.model"),
+    ),
+    "kubeflow.org/PyTorchJob": (
+        Rule("spec", "Required value", _NO_SPEC),
+        Rule("spec", "there must be exactly one Master", _PYTORCH_WEBHOOK),
+        Rule("spec", "at least one replica is required", _PYTORCH_WEBHOOK),
+        Rule("spec", "a container named 'pytorch' is required", f"{_PYTORCH_WEBHOOK}: the pytorch container runs "
+                                                                "the job"),
+        Rule("spec.pytorchReplicaSpecs", "replica types are Master and Worker", f"{_PYTORCH_WEBHOOK} allows only "
+                                                                                "these replica types"),
+        Rule("spec.nprocPerNode", "must be auto, cpu, gpu or a positive integer", "torchrun's --nproc-per-node "
+                                                                                   "values"),
+        Rule(f"{_REPLICA}.replicas", "greater than or equal to 0", _PYTORCH_WEBHOOK),
+        Rule(f"{_REPLICA}.restartPolicy", "Input should be 'OnFailure' or 'Never'",
+             "Kaip's launcher restarts the group on failure or never (Always and ExitCode are not implemented)"),
+        Rule(f"{_REPLICA}.template", "Required value", f"{_PYTORCH_WEBHOOK}: a replica's template has containers"),
+        *_pod_template_rules(f"{_REPLICA}.template"),
+        Rule("spec.runPolicy.cleanPodPolicy", "Input should be 'All', 'Running' or 'None'",
+             "the Training Operator's clean-pod policies"),
+        Rule("spec.runPolicy.activeDeadlineSeconds", "greater than or equal to 1", "a deadline must be positive "
+                                                                                   "(as Kubernetes' Job's)"),
+        Rule("spec.runPolicy.backoffLimit", "greater than or equal to 0", "a retry budget is a count (as "
+                                                                          "Kubernetes' Job's)"),
+    ),
+    "argoproj.io/Application": (
+        Rule("spec.source", "Required value", "Kaip syncs one source: multi-source `spec.sources` and the source "
+                                              "hydrator are not implemented"),
+        Rule("spec.source.repoURL", "at least 1 character", "Argo CD: a source names its repository"),
+        Rule("spec.destination", "only one of server or name may be set", "Argo CD's validation: a destination has "
+                                                                          "a server or a name, not both"),
+        Rule("spec.destination", "Kaip deploys to itself only", "Kaip is the only cluster: other servers and "
+                                                                "cluster names are not implemented"),
+        Rule("spec.syncPolicy.syncOptions", "is not supported", "Kaip implements CreateNamespace only; other sync "
+                                                                "options are refused, never ignored"),
+        Rule("spec.syncPolicy.retry.backoff.factor", "greater than or equal to 1", "a backoff factor multiplies the "
+                                                                                   "delay: at least 1"),
+        Rule("spec.revisionHistoryLimit", "greater than or equal to 0", "a history limit is a count"),
+        Rule("operation.sync", "Required value", "the only operation Argo CD runs is a sync: an operation without "
+                                                 "one has nothing to do"),
+    ),
+})
+# Per kind: JSON Schema narrowed at a path when generating documents from only the fields Kaip implements (check 4),
+# so that the generator reaches documents Kaip accepts where a documented rule above insists on one value (a
+# container named `pytorch`, a single trainer job named `node`). Documents generated from upstream's whole schema
+# (check 3) are not narrowed.
+_RUNTIME_REACH: dict[str, dict[str, Any]] = {
+    "spec.template.spec.replicatedJobs": {"maxItems": 1},
+    "spec.template.spec.replicatedJobs[*].name": {"enum": ["node"]},
+    "spec.template.spec.replicatedJobs[*].replicas": {"enum": [1]},
+}
+REACH: dict[str, dict[str, dict[str, Any]]] = {
+    "trainer.kubeflow.org/TrainingRuntime": _RUNTIME_REACH,
+    "trainer.kubeflow.org/ClusterTrainingRuntime": _RUNTIME_REACH,
+    "kubeflow.org/PyTorchJob": {
+        "spec.pytorchReplicaSpecs": {"minProperties": 1},
+        "spec.pytorchReplicaSpecs.*.template.spec.containers[*].name": {"enum": ["pytorch"]},
+        "spec.pytorchReplicaSpecs.*.replicas": {"enum": [1]},
+    },
+}
 for _key in ("serving.kserve.io/InferenceService", "serving.kserve.io/ServingRuntime",
              "serving.kserve.io/ClusterServingRuntime", "trustyai.opendatahub.io/GuardrailsOrchestrator"):
     # these CRDs do not require `spec`; Kaip does, as there is nothing to run without one
@@ -463,6 +580,21 @@ class Matrix:
 
     implemented: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # path -> NOT_IMPLEMENTED | UNKNOWN
+    map_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # map path -> the only keys Kaip takes
+
+
+def _literal_keys(annotation: Any) -> tuple[str, ...]:
+    """The keys of a `dict[Literal[...], X]` annotation (optional or not), or () for any other."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _literal_keys(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return next((k for a in typing.get_args(annotation) if (k := _literal_keys(a))), ())
+    if origin is dict:
+        key = typing.get_args(annotation)[0]
+        if typing.get_origin(key) is typing.Literal:
+            return tuple(str(k) for k in typing.get_args(key))
+    return ()
 
 
 def _fields_by_name(model: type[BaseModel]) -> dict[str, str]:
@@ -489,6 +621,8 @@ def _walk(node: dict[str, Any], model: type[BaseModel] | None, path: str, m: Mat
             m.refused[sub_path] = NOT_IMPLEMENTED
             continue
         m.implemented.append(sub_path)
+        if keys := _literal_keys(model.model_fields[attr].annotation):
+            m.map_keys[sub_path] = keys
         inner, how = _unwrap(model.model_fields[attr].annotation)
         if inner is None:
             continue
@@ -521,7 +655,13 @@ def refusal_explained(info: KindInfo, version: str, cause: dict[str, Any], *, al
     message = cause.get("message", "")
     if allow_refused_fields and path in matrix_cached(info.key, version).refused:
         return True
-    return any(norm_path(r.path) == path and r.message in message for r in EXTRA_RULES.get(info.key, ()))
+    return any(rule_path_matches(r.path, path) and r.message in message for r in EXTRA_RULES.get(info.key, ()))
+
+
+def rule_path_matches(rule_path: str, path: str) -> bool:
+    """Whether a rule's path (`[*]` any list index, `.*` any map key, as the matrix writes them) names `path`."""
+    pattern = re.escape(norm_path(rule_path)).replace(r"\.\*", r"\.[^.\[]+")
+    return re.fullmatch(pattern, norm_path(path)) is not None
 
 
 @functools.cache
@@ -639,7 +779,34 @@ def body_schema(info: KindInfo, version: str, depth: int, *, implemented_only: b
         rules = EXTRA_RULES.get(info.key, ())
         must = frozenset([r.path for r in rules if r.message == "Required value" and "." in r.path]
                          + [f"{r.path}[+]" for r in rules if r.message == "at least 1 item"])
-    return bounded(body, depth, keep=keep, must=must)
+    out = bounded(body, depth, keep=keep, must=must)
+    if implemented_only:
+        # Only what Kaip implements: a map whose keys Kaip restricts (dict[Literal[...], ...]) gets only those keys,
+        # and REACH narrows the values a documented rule insists on (a container's name, a single item).
+        m = matrix_cached(info.key, version)
+        for path, keys in m.map_keys.items():
+            _narrow(out, path, {"propertyNames": {"enum": list(keys)}})
+        for path, patch in REACH.get(info.key, {}).items():
+            _narrow(out, path, patch)
+    return out
+
+
+def _narrow(schema: dict[str, Any], path: str, patch: dict[str, Any]) -> None:
+    """Update the (bounded) schema node at `path` with `patch`; nothing when that field is not generated."""
+    node: Any = schema
+    for part in re.findall(r"[^.\[\]]+|\[\*\]", path):
+        if part == "[*]":
+            node = node.get("items")
+        elif part == "*":
+            node = node.get("additionalProperties")
+        else:
+            node = (node.get("properties") or {}).get(part)
+        if not isinstance(node, dict):
+            return
+    node.update(copy.deepcopy(patch))
+    if "enum" in patch or "const" in patch:
+        for key in ("maxLength", "minLength", "pattern"):
+            node.pop(key, None)
 
 
 def defaulted(schema: dict[str, Any], value: Any) -> Any:

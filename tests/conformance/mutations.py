@@ -99,6 +99,9 @@ def _walk(doc: dict[str, Any], value: Any, schema: dict[str, Any], path: tuple[A
                 yield Mutant(f"{where}.{name} = {json.dumps(bad)[:40]}", _set(doc, (*path, name), bad))
             if name in value:
                 yield from _walk(doc, value[name], sub, (*path, name))
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():  # a map: each entry against the map's value schema
+            yield from _walk(doc, item, schema["additionalProperties"], (*path, key))
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             yield from _walk(doc, item, schema["items"], (*path, i))

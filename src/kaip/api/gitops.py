@@ -14,6 +14,7 @@ from kaip.api.kinds import REGISTRY, Column, KindInfo
 from kaip.api.meta import Schema
 
 IN_CLUSTER = "https://kubernetes.default.svc"
+INT64_MAX = 2**63 - 1  # the CRD's `format: int64`
 
 
 class ApplicationSourceDirectory(Schema):
@@ -52,12 +53,12 @@ class SyncPolicyAutomated(Schema):
 
 class Backoff(Schema):
     duration: str | None = None
-    factor: int | None = Field(default=None, ge=1)
+    factor: int | None = Field(default=None, ge=1, le=INT64_MAX)
     maxDuration: str | None = None
 
 
 class RetryStrategy(Schema):
-    limit: int | None = None
+    limit: int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
     backoff: Backoff | None = None
     refresh: bool | None = None
 
@@ -90,7 +91,7 @@ class ApplicationSpec(Schema):
     source: ApplicationSource
     destination: ApplicationDestination
     syncPolicy: SyncPolicy | None = None
-    revisionHistoryLimit: int | None = Field(default=None, ge=0)
+    revisionHistoryLimit: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 class SyncOperationSource(Schema):

@@ -8,13 +8,13 @@ never silently ignored; docs/training.md lists them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from kaip.api.core import EnvVar, ResourceRequirements
 from kaip.api.kinds import REGISTRY, Column, KindInfo
-from kaip.api.kueue import PodTemplateSpec, TemplateMeta
+from kaip.api.kueue import INT32_MAX, INT64_MAX, PodTemplateSpec, TemplateMeta
 from kaip.api.meta import Schema
 
 TRAINER_GROUP = "trainer.kubeflow.org"
@@ -37,7 +37,7 @@ def _unsupported(what: str) -> Any:
 
 
 class RuntimeRef(Schema):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=253)
     apiGroup: str = TRAINER_GROUP
     kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
 
@@ -50,8 +50,8 @@ class RuntimeRef(Schema):
 
 
 class StorageInitializer(Schema):
-    storageUri: str | None = None
-    env: list[EnvVar] | None = None
+    storageUri: str | None = Field(default=None, max_length=2048)
+    env: list[EnvVar] | None = Field(default=None, max_length=128)
     secretRef: dict[str, Any] | None = None
 
     _secret = field_validator("secretRef")(_unsupported("initializer secrets; nothing is downloaded"))
@@ -68,14 +68,17 @@ class TrainerResources(ResourceRequirements):
     _claims = field_validator("claims")(_unsupported("dynamic resource claims"))
 
 
+_ARG = Annotated[str, Field(max_length=1048576)]
+
+
 class Trainer(Schema):
-    image: str | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
-    env: list[EnvVar] | None = None
-    numNodes: int | None = Field(default=None, ge=1)
+    image: str | None = Field(default=None, max_length=500)
+    command: list[_ARG] | None = Field(default=None, max_length=128)
+    args: list[_ARG] | None = Field(default=None, max_length=128)
+    env: list[EnvVar] | None = Field(default=None, max_length=128)
+    numNodes: int | None = Field(default=None, ge=1, le=INT32_MAX)
     resourcesPerNode: TrainerResources | None = None
-    numProcPerNode: int | None = Field(default=None, ge=1)
+    numProcPerNode: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
 class TrainJobSpec(Schema):
@@ -84,7 +87,7 @@ class TrainJobSpec(Schema):
     trainer: Trainer | None = None
     runtimePatches: list[dict[str, Any]] | None = None
     suspend: bool = False
-    activeDeadlineSeconds: int | None = Field(default=None, ge=1)
+    activeDeadlineSeconds: int | None = Field(default=None, ge=1, le=INT64_MAX)
     managedBy: str | None = None
 
     _patches = field_validator("runtimePatches")(_unsupported("runtime patches"))
@@ -112,7 +115,7 @@ class TorchPolicy(Schema):
 
 
 class MLPolicy(Schema):
-    numNodes: int = Field(default=1, ge=1)
+    numNodes: int | None = Field(default=None, ge=1, le=INT32_MAX)  # no upstream default: the launcher takes 1
     torch: TorchPolicy | None = None
     mpi: dict[str, Any] | None = None
     jax: dict[str, Any] | None = None
@@ -126,7 +129,7 @@ class RuntimeJobSpec(Schema):
     """The batch/v1 Job inside a JobSet replicated job: the pod template and the restart budget."""
 
     template: PodTemplateSpec
-    backoffLimit: int | None = Field(default=None, ge=0)
+    backoffLimit: int | None = Field(default=None, ge=0, le=INT32_MAX)
     completionMode: Literal["Indexed", "NonIndexed"] | None = None
     parallelism: int | None = None
     completions: int | None = None
@@ -166,8 +169,8 @@ class ReplicatedJob(Schema):
 
 
 class FailurePolicy(Schema):
-    maxRestarts: int | None = Field(default=None, ge=0)
-    restartStrategy: Literal["Recreate"] | None = None
+    maxRestarts: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    restartStrategy: Literal["Recreate"] = "Recreate"  # upstream's default; the other strategies are not run
     rules: list[dict[str, Any]] | None = None
 
     _rules = field_validator("rules")(_unsupported("failure policy rules"))
@@ -229,16 +232,22 @@ def is_trainer_job(name: str, labels: dict[str, str]) -> bool:
 
 
 class ReplicaSpec(Schema):
-    replicas: int = Field(default=1, ge=0)
-    restartPolicy: Literal["OnFailure", "Never"] = "Never"
+    # No CRD defaults: an absent count is one replica (the Training Operator's webhook), an absent restart policy
+    # restarts nothing.
+    replicas: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    restartPolicy: Literal["OnFailure", "Never"] | None = None
     template: PodTemplateSpec
+
+    @property
+    def count(self) -> int:
+        return 1 if self.replicas is None else self.replicas
 
 
 class RunPolicy(Schema):
-    cleanPodPolicy: Literal["All", "Running", "None"] = "None"
+    cleanPodPolicy: Literal["All", "Running", "None"] | None = None
     ttlSecondsAfterFinished: int | None = None
-    activeDeadlineSeconds: int | None = Field(default=None, ge=1)
-    backoffLimit: int | None = Field(default=None, ge=0)
+    activeDeadlineSeconds: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    backoffLimit: int | None = Field(default=None, ge=0, le=INT32_MAX)
     schedulingPolicy: dict[str, Any] | None = None
     suspend: bool = False
     managedBy: str | None = None
@@ -248,13 +257,26 @@ class RunPolicy(Schema):
     _mb = field_validator("managedBy")(_unsupported("external job controllers"))
 
 
+REPLICA_TYPES = ("Master", "Worker")
+ReplicaType = Literal["Master", "Worker"]
+
+
 class PyTorchJobSpec(Schema):
-    pytorchReplicaSpecs: dict[Literal["Master", "Worker"], ReplicaSpec]
-    runPolicy: RunPolicy = Field(default_factory=RunPolicy)
+    pytorchReplicaSpecs: dict[ReplicaType, ReplicaSpec]
+    runPolicy: RunPolicy | None = None
     elasticPolicy: dict[str, Any] | None = None
     nprocPerNode: str | None = None
 
     _elastic = field_validator("elasticPolicy")(_unsupported("elastic training"))
+
+    @field_validator("pytorchReplicaSpecs", mode="before")
+    @classmethod
+    def _types(cls, v: Any) -> Any:
+        # before the values: a replica of another type is refused as such, not for what is inside it
+        for key in v if isinstance(v, dict) else ():
+            if key not in REPLICA_TYPES:
+                raise ValueError(f"Unsupported value: {key!r}: replica types are Master and Worker")
+        return v
 
     @field_validator("nprocPerNode")
     @classmethod
@@ -266,9 +288,9 @@ class PyTorchJobSpec(Schema):
     @model_validator(mode="after")
     def _master(self) -> PyTorchJobSpec:
         master = self.pytorchReplicaSpecs.get("Master")
-        if master is not None and master.replicas != 1:
+        if master is not None and master.count != 1:
             raise ValueError("pytorchReplicaSpecs.Master.replicas: Invalid value: there must be exactly one Master")
-        if not any(spec.replicas for spec in self.pytorchReplicaSpecs.values()):
+        if not any(spec.count for spec in self.pytorchReplicaSpecs.values()):
             raise ValueError("pytorchReplicaSpecs: at least one replica is required")
         for spec in self.pytorchReplicaSpecs.values():
             names = [c.name for c in spec.template.spec.containers]

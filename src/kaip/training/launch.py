@@ -163,7 +163,7 @@ def pytorchjob_group(job: dict[str, Any]) -> Group:
     container.pop("ports", None)
     if not container.get("command") and not container.get("args"):
         raise LaunchError("InvalidSpec", "the pytorch container has no command (images are recorded, not run)")
-    n_workers = int((workers or {}).get("replicas", 0))
+    n_workers = int((workers or {}).get("replicas", 1)) if workers else 0  # the webhook defaults 1
     replicas = (["master-0"] if master else []) + [f"worker-{i}" for i in range(n_workers)]
     nproc_raw = spec.get("nprocPerNode")
     nproc = int(nproc_raw) if nproc_raw and nproc_raw.isdigit() else 1
