@@ -156,7 +156,9 @@ def detectors_router(ctx: ServerContext) -> APIRouter:
             try:
                 body = await _json(request)
             except OrchestratorError as err:
-                return _detector_error(err.code, err.details)
+                # The Detectors API's document answers only 404 and 422, and detector servers (FastAPI) refuse a
+                # body that is not JSON with 422; the orchestrator's routes keep upstream's 400 (axum).
+                return _detector_error(422, err.details)
             try:
                 result = await run_in_threadpool(_run_detector_api, spec, kind, body)
             except OrchestratorError as err:

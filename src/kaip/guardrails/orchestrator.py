@@ -84,8 +84,10 @@ def check_fields(body: Any, *, required: tuple[str, ...], optional: tuple[str, .
             raise OrchestratorError(422, f"missing field `{key}`")
     names = {str: "a string", dict: "a map", list: "a sequence", bool: "a boolean"}
     for key, expected_type in (types or {}).items():
-        if key in body and body[key] is not None and (not isinstance(body[key], expected_type)
-                                                      or isinstance(body[key], bool) and expected_type is not bool):
+        # null is "absent" for an optional field (serde's Option), and a wrong type for a required one
+        if key in body and (body[key] is not None or key in required) and (
+                not isinstance(body[key], expected_type)
+                or isinstance(body[key], bool) and expected_type is not bool):
             want = names.get(expected_type, "a number") if isinstance(expected_type, type) else "a number"
             raise OrchestratorError(422, f"invalid type: {_type_name(body[key])}, expected {want}")
     return body
@@ -567,10 +569,10 @@ class Orchestrator:
             raise OrchestratorError(422, "`inputs` is required")
         inputs_text: str = body["inputs"]
         config = body.get("guardrail_config") or {}
-        input_cfg, output_cfg = config.get("input") or {}, config.get("output") or {}
+        input_cfg, output_cfg = (_struct(config.get(key), f"guardrail_config.{key}") for key in (INPUT, OUTPUT))
         masks = input_cfg.get("masks") or []
         if not isinstance(masks, list) or not all(
-                isinstance(m, list) and len(m) == 2 and all(isinstance(x, int) for x in m)
+                isinstance(m, list) and len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
                 and 0 <= m[0] < m[1] <= len(inputs_text) for m in masks):
             raise OrchestratorError(422, "invalid masks")
         inputs = self.select(input_cfg.get("models") or {}, (TEXT_CONTENTS,), INPUT)
@@ -617,6 +619,15 @@ class Orchestrator:
                 elif outcome.to_redact():
                     result["generated_text"] = redact(text, outcome.to_redact())
         return result
+
+
+def _struct(value: Any, where: str) -> dict[str, Any]:
+    """An optional object of the request: absent or null is empty; anything but a map is serde's 422."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise OrchestratorError(422, f"invalid type: {_type_name(value)}, expected a map at `{where}`")
+    return value
 
 
 def _token_result(d: Detection, offset: int) -> dict[str, Any]:

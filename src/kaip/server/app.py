@@ -6,9 +6,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaip import __version__
@@ -90,7 +92,7 @@ def create_app(ctx: ServerContext, routers: Sequence[APIRouter] = ()) -> FastAPI
             return PlainTextResponse("store unavailable", status_code=503)
         return PlainTextResponse("ok")
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -98,24 +100,29 @@ def create_app(ctx: ServerContext, routers: Sequence[APIRouter] = ()) -> FastAPI
     async def api_error(_request: Any, exc: errors.ApiError) -> JSONResponse:
         return JSONResponse(exc.to_status(), status_code=exc.code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A path under the resource API that no route matches (a name with a newline, say, which the routes'
+        patterns do not take) is answered as the resource API answers: with a Status."""
+        path = request.url.path
+        if path in ("/api", "/apis") or path.startswith(("/api/", "/apis/")):
+            reason = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "Unknown")
+            err = errors.ApiError(exc.status_code, reason, "the server could not find the requested resource"
+                                  if exc.status_code == 404 else str(exc.detail))
+            return JSONResponse(err.to_status(), status_code=exc.status_code, headers=exc.headers)
+        return await http_exception_handler(request, exc)
+
     def openapi() -> dict[str, Any]:
-        """FastAPI's document, plus the schema of every kind (named like Kubernetes' definitions), so that
-        clients and conformance checks can see exactly which fields each kind accepts."""
+        """FastAPI's document, plus the resource API: every kind's paths and its object schema (named like
+        Kubernetes' definitions), so that clients and conformance checks see exactly what each kind accepts."""
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
+            from kaip.server.openapi import add_resource_api
+
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                               description="Kaip resource API at Kubernetes REST paths; kind schemas in components.")
-            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            for info in ctx.registry.all():
-                schema = info.schema.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, sub in schema.pop("$defs", {}).items():
-                    schemas.setdefault(name, sub)
-                prefix = ".".join(reversed(info.group.split("."))) if info.group else "io.k8s.api.core"
-                schema["x-kubernetes-group-version-kind"] = [{"group": info.group, "version": info.version,
-                                                              "kind": info.kind}]
-                schemas[f"{prefix}.{info.version}.{info.kind}"] = schema
-            app.openapi_schema = doc
+            app.openapi_schema = add_resource_api(doc, ctx.registry.all())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -57,7 +57,9 @@ def apply_config(live: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any
     except json.JSONDecodeError:
         last = {}
     remembered = copy.deepcopy(applied)
-    remembered.get("metadata", {}).get("annotations", {}).pop(LAST_APPLIED, None)
+    meta = remembered.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):  # null is as good as absent
+        meta["annotations"].pop(LAST_APPLIED, None)
     patch = three_way_patch(last, remembered)
     patch.pop("status", None)
     result = merge_patch({k: v for k, v in live.items() if k != "status"}, patch)

@@ -186,7 +186,7 @@ class ResourceAPI:
         if t.name and name and name != t.name:
             raise errors.bad_request(f"the name of the object ({name}) does not match the name on the URL ({t.name})")
         if t.name and not name:
-            doc.setdefault("metadata", {})["name"] = t.name
+            doc["metadata"] = {**(meta or {}), "name": t.name}  # `metadata: null` is no metadata
 
     def _json(self, obj: Any, code: int = 200) -> JSONResponse:
         return JSONResponse(obj, status_code=code)
@@ -237,7 +237,8 @@ class ResourceAPI:
 
     async def _replace(self, request: Request, ident: Identity, t: paths.Target, info: KindInfo) -> Response:
         body = await self._body(request)
-        declares_finalizers = isinstance(body, dict) and "finalizers" in (body.get("metadata") or {})
+        declares_finalizers = isinstance(body, dict) and isinstance(body.get("metadata"), dict) and \
+            "finalizers" in body["metadata"]
         obj = self._validate(info, body, t)
         updated = await run_in_threadpool(lambda: self.ctx.store.update(
             info, obj, dry_run=_flag_dry(request), keep_finalizers=not declares_finalizers))
@@ -269,10 +270,15 @@ class ResourceAPI:
                     new = copy.deepcopy(live)
                     if not isinstance(patched, dict):
                         raise errors.bad_request("the patched object must be an object")
-                    new["status"] = patched.get("status")
+                    status = _status_of(info, t, patched)
+                    if status is None:
+                        new.pop("status", None)  # no status, not a null one: readers expect an object
+                    else:
+                        new["status"] = status
                 else:
                     new = self._validate(info, patched, t)
-                if not (isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion")):
+                if not (isinstance(patch, dict) and isinstance(patch.get("metadata"), dict)
+                        and patch["metadata"].get("resourceVersion")):
                     new["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
                 try:
                     return self.ctx.store.update(info, new, subresource=subresource, dry_run=dry_run)
@@ -359,7 +365,10 @@ class ResourceAPI:
             doc = self._in(info, await self._body(request), t)
             self._check_name(doc, t)
             doc["metadata"]["namespace"] = t.namespace
-            updated = await run_in_threadpool(self.ctx.store.update, info, doc, subresource="status")
+            if _status_of(info, t, doc) is None:
+                doc.pop("status", None)
+            updated = await run_in_threadpool(lambda: self.ctx.store.update(
+                info, doc, subresource="status", dry_run=_flag_dry(request)))
             return self._json(self._out(info, t, updated))
         if sub == "log" and info is POD and method == "GET":
             self.ctx.authorizer.check(ident, "get", info, t.namespace, name=t.name, subresource="log")
@@ -396,7 +405,7 @@ class ResourceAPI:
         rv_param = request.query_params.get("resourceVersion", "")
         bookmarks = _flag(request, "allowWatchBookmarks")
         raw_timeout = request.query_params.get("timeoutSeconds") or "1800"
-        if not raw_timeout.isdigit():
+        if not (raw_timeout.isascii() and raw_timeout.isdigit()):
             raise errors.bad_request(f"timeoutSeconds must be a non-negative integer, not {raw_timeout!r}")
         timeout = float(raw_timeout)
         visible = self.ctx.authorizer.visible_namespaces(ident.user, info)
@@ -405,7 +414,7 @@ class ResourceAPI:
             # No version given: the current state first, as synthetic ADDED events, then changes.
             initial, start_rv = await self._visible_list(ident, t, info)
         else:
-            if not rv_param.isdigit() or int(rv_param) >= 2 ** 63:
+            if not (rv_param.isascii() and rv_param.isdigit()) or int(rv_param) >= 2 ** 63:
                 raise errors.bad_request(f"invalid resourceVersion {rv_param!r}")
             start_rv = int(rv_param)
             # Fail before streaming starts if the log no longer reaches back that far.
@@ -464,6 +473,15 @@ class ResourceAPI:
         return StreamingResponse(stream(), media_type="application/json")
 
 
+def _status_of(info: KindInfo, t: paths.Target, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The status a write to the status subresource sets: an object (or null, none); anything else would be
+    stored and break every reader that expects an object."""
+    status = doc.get("status")
+    if status is not None and not isinstance(status, dict):
+        raise errors.invalid(info.kind, t.name, [errors.Cause("status", "must be an object")])
+    return status
+
+
 def _event(type_: str, obj: Any) -> bytes:
     return (json.dumps({"type": type_, "object": obj}, separators=(",", ":")) + "\n").encode()
 
@@ -478,8 +496,8 @@ def _page_params(request: Request) -> tuple[int | None, dict[str, Any] | None]:
     raw_limit, token = request.query_params.get("limit"), request.query_params.get("continue")
     limit = None
     if raw_limit:
-        if not raw_limit.isdigit():
-            raise errors.bad_request(f"limit must be a non-negative integer, not {raw_limit!r}")
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or int(raw_limit) >= 2 ** 63:
+            raise errors.bad_request(f"limit must be a non-negative 64-bit integer, not {raw_limit!r}")
         limit = int(raw_limit) or None
     if not token:
         return limit, None

@@ -85,6 +85,23 @@ class GatewayError(Exception):
         self.status = status
 
 
+def _relocated(headers: list[tuple[bytes, bytes]], relocate: tuple[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """A replica's `Location` names the replica (its 127.0.0.1 port, or a path from its root): `relocate` is
+    (the replica's URL, the InferenceService's public path), and the header is rewritten to go through the gateway."""
+    if relocate is None:
+        return headers
+    origin, public = (x.encode("latin-1") for x in relocate)
+    out = []
+    for key, value in headers:
+        if key.lower() == b"location":
+            if value.startswith(origin + b"/") or value == origin:
+                value = public + value[len(origin):]
+            elif value.startswith(b"/") and not value.startswith(b"//"):
+                value = public + value
+        out.append((key, value))
+    return out
+
+
 async def _send_json(send: Send, status: int, doc: Any) -> None:
     body = json.dumps(doc).encode()
     await send({"type": "http.response.start", "status": status,
@@ -145,7 +162,9 @@ class Gateway:
                 user = await self._authorize(scope, namespace)
             if route is None:
                 raise GatewayError(404, f"InferenceService {namespace}/{name} not found or not yet reconciled")
-            await self._proxy(scope, receive, send, route, rest, user)
+            # The InferenceService's public path, for a replica's redirects (which name the replica's own address)
+            public = scope["path"][:len(scope["path"]) - len(parts[2])] if len(parts) > 2 else scope["path"]
+            await self._proxy(scope, receive, send, route, rest, user, public=public.rstrip("/"))
         except GatewayError as err:
             await _send_json(send, err.status, {"error": str(err)})
 
@@ -269,7 +288,7 @@ class Gateway:
         return body, rewrites
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route, rest: str,
-                     user: str | None = None) -> None:
+                     user: str | None = None, *, public: str = "") -> None:
         started = time.monotonic()
         original = await self._read_body(receive)
         hooked, rewrites = await self._apply_hooks(scope, route, rest, original, user)
@@ -303,7 +322,7 @@ class Gateway:
         url_path = rest + (f"?{query}" if query else "")
         try:
             code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started, captured,
-                                       rewrites)
+                                       rewrites, public=public)
         finally:
             now = time.monotonic()
             meter.end(now)
@@ -318,7 +337,7 @@ class Gateway:
 
     async def _forward(self, scope: Scope, send: Send, route: Route, revision: str, url_path: str, body: bytes,
                        headers: list[tuple[bytes, bytes]], started: float, captured: list[bytes],
-                       rewrites: list[Rewrite] | None = None) -> int:
+                       rewrites: list[Rewrite] | None = None, *, public: str = "") -> int:
         deadline = started + route.timeout
         tried: set[str] = set()
         client = self._client()
@@ -352,13 +371,14 @@ class Gateway:
                                             "(spec.predictor.timeout)") from err
                 try:
                     ctype = response.headers.get("content-type", "")
+                    relocate = (ep.url, public) if public and "location" in response.headers else None
                     if transforms and response.status == 200 and ctype.startswith("application/json"):
                         await self._send_transformed(send, response, transforms, revision, captured
-                                                     if route.logger is not None else None)
+                                                     if route.logger is not None else None, relocate)
                     else:
                         await self._stream(send, response, captured if route.logger is not None else None,
                                            revision, streams if response.status == 200 and
-                                           ctype.startswith("text/event-stream") else None)
+                                           ctype.startswith("text/event-stream") else None, relocate)
                 finally:
                     response.release()
                 return response.status
@@ -368,7 +388,8 @@ class Gateway:
 
     @staticmethod
     async def _send_transformed(send: Send, response: aiohttp.ClientResponse, transforms: list[JsonTransform],
-                                revision: str, captured: list[bytes] | None) -> None:
+                                revision: str, captured: list[bytes] | None,
+                                relocate: tuple[str, str] | None = None) -> None:
         """A whole JSON answer, rewritten by the hooks' transforms (the one place the gateway buffers)."""
         raw = await response.read()
         try:
@@ -382,17 +403,19 @@ class Gateway:
             log.warning("could not rewrite a JSON answer from %s: %r", revision, err)
         if captured is not None:
             captured.append(raw[:LOG_CAPTURE_LIMIT])
-        headers = [(k, v) for k, v in response.raw_headers
-                   if k.lower().decode("latin-1") not in RESPONSE_HOP | {"content-length", "content-encoding"}]
+        headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1")
+                              not in RESPONSE_HOP | {"content-length", "content-encoding"}], relocate)
         headers += [(b"content-length", str(len(raw)).encode()), (REVISION_HEADER, revision.encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
 
     @staticmethod
     async def _stream(send: Send, response: aiohttp.ClientResponse, captured: list[bytes] | None,
-                      revision: str, streams: list[StreamTransform] | None = None) -> None:
+                      revision: str, streams: list[StreamTransform] | None = None,
+                      relocate: tuple[str, str] | None = None) -> None:
         drop = RESPONSE_HOP | {"content-length"} if streams else RESPONSE_HOP
-        headers = [(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in drop]
+        headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in drop],
+                             relocate)
         headers.append((REVISION_HEADER, revision.encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         size = 0

@@ -127,6 +127,17 @@ def decode_tensor(tensor: Any, binary: bytes | None = None) -> Tensor:
     return Tensor(name, datatype, shape, arr.reshape(shape))
 
 
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    """The `parameters` of a request, an input or an output: absent (or null) is none; anything but an object is
+    a 400 (the protocol's `parameters` is an object)."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{what}: 'parameters' must be an object")
+    return params
+
+
 @dataclass
 class InferRequest:
     id: str | None
@@ -149,28 +160,36 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         body, raw_binary = body[:n], body[n:]
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ProtocolError(f"Unrecognized request format: {err}") from err
     if not isinstance(doc, dict):
         raise ProtocolError("Unrecognized request format: the body must be a JSON object")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' is required and must be a non-empty list")
+    params = _parameters(doc, "the request")
+    outputs = doc.get("outputs")
+    if outputs is None:
+        outputs = []
+    if not isinstance(outputs, list):
+        raise ProtocolError("'outputs' must be a list")
+    for output in outputs:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise ProtocolError("each requested output must be an object with a string 'name'")
+        _parameters(output, f"output '{output['name']}'")
     tensors, pos = [], 0
     for item in inputs:
-        size = ((item.get("parameters") or {}).get("binary_data_size") if isinstance(item, dict) else None)
+        size = _parameters(item, f"input '{item.get('name')}'").get("binary_data_size") \
+            if isinstance(item, dict) else None
         chunk = None
         if size is not None:
-            if not isinstance(size, int) or pos + size > len(raw_binary):
-                raise ProtocolError(f"input '{item.get('name')}': binary_data_size {size} exceeds the binary data")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or pos + size > len(raw_binary):
+                raise ProtocolError(f"input '{item.get('name')}': binary_data_size {size!r} is not a size within "
+                                    "the binary data")
             chunk, pos = raw_binary[pos:pos + size], pos + size
         tensors.append(decode_tensor(item, chunk))
-    params = doc.get("parameters") or {}
-    outputs = doc.get("outputs") or []
-    if not isinstance(params, dict) or not isinstance(outputs, list):
-        raise ProtocolError("'parameters' must be an object and 'outputs' a list")
     binary_out = bool(params.get("binary_data_output")) or any(
-        bool((o.get("parameters") or {}).get("binary_data")) for o in outputs if isinstance(o, dict))
+        bool((o.get("parameters") or {}).get("binary_data")) for o in outputs)
     req_id = doc.get("id")
     return InferRequest(str(req_id) if req_id is not None else None, tensors, params, outputs, binary_out)
 

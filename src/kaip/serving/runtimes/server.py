@@ -174,7 +174,8 @@ def build_app(model: Model, registry: CollectorRegistry, routes: list[Route] | N
 
     all_routes = [
         Route("/", live), Route("/v2/health/live", v2_live), Route("/v2/health/ready", v2_ready),
-        Route("/v2", v2_server), Route("/v2/models", v2_models),
+        # Upstream's document names the server metadata path `/v2/` (with the slash): answered, not redirected.
+        Route("/v2", v2_server), Route("/v2/", v2_server), Route("/v2/models", v2_models),
         Route("/v2/models/{name}", v2_model), Route("/v2/models/{name}/versions/{version}", v2_model),
         Route("/v2/models/{name}/ready", v2_model_ready),
         Route("/v2/models/{name}/versions/{version}/ready", v2_model_ready),
