@@ -182,6 +182,17 @@ def test_detectors_api_chat_generation_context(env: tuple[LiveServer, Stub, str]
         assert r.status_code == 200 and r.json()[0]["detection"] == "social_security_number"
 
 
+def test_detectors_api_chat_refuses_messages_that_are_not_objects(env: tuple[LiveServer, Stub, str]) -> None:
+    live, _, _ = env  # found by schemathesis: a null message was a 500
+    with live.client() as c:
+        cases = (([None, {"role": "user", "content": "hi"}], "expected struct Message at messages[0]"),
+                 ([{"role": "user", "content": "x"}, {"content": "y"}], "missing field `role` at messages[1]"))
+        for bad, message in cases:
+            r = c.post("/api/v1/text/chat", headers={"detector-id": "hap"}, json={"messages": bad})
+            assert r.status_code == 422, r.text
+            assert message in r.json()["message"]
+
+
 @pytest.mark.parametrize(("headers", "body", "code", "message"), [
     ({"detector-id": "no-such"}, {"contents": ["x"]}, 404, "detector `no-such` not found"),
     ({}, {"contents": ["x"]}, 422, "missing header `detector-id`"),

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kaip.api import errors
-from kaip.guardrails.orchestrator import Orchestrator, OrchestratorError, check_fields
+from kaip.guardrails.orchestrator import Orchestrator, OrchestratorError, check_fields, check_messages
 from kaip.guardrails.registry import DetectorServiceError, builtin_registry
 from kaip.guardrails.service import GuardrailsService
 from kaip.server.context import ServerContext
@@ -201,6 +201,7 @@ def _run_detector_api(spec: Any, kind: str, body: Any) -> Any:
     if kind == "chat":
         check_fields(body, required=("messages",), optional=("tools", "detector_params"),
                      types={"messages": list, "tools": list, "detector_params": dict})
+        check_messages(body["messages"])
         threshold, params = _threshold(spec, body.get("detector_params") or {})
         found = spec.detector.detect_chat(body["messages"], params)
     elif kind == "generation":

@@ -224,7 +224,7 @@ class Orchestrator:
             raise OrchestratorError(422, "`detectors` is required")
         if not body["messages"]:
             raise OrchestratorError(422, "`messages` is required")
-        messages = _check_messages(body["messages"])
+        messages = check_messages(body["messages"])
         selected = self.select(body["detectors"], (TEXT_CHAT,))
         outcome = self._run_other(selected, lambda spec, p: spec.detector.detect_chat(messages, p))
         return {"detections": [_spanless(d) for d in outcome.detections]}
@@ -284,7 +284,7 @@ class Orchestrator:
         check_fields(body, required=("messages",), strict=False, types={"messages": list, "stream": bool})
         if not body["messages"]:
             raise OrchestratorError(422, "No messages provided")
-        _check_messages(body["messages"])
+        check_messages(body["messages"])
         inputs, outputs = self._detectors_block(body, use_policy)
         request = {k: v for k, v in body.items() if k != "detectors"}
         if not request.get("model") and self.config.model:
@@ -642,7 +642,8 @@ def _spanless(d: Detection) -> dict[str, Any]:
     return out
 
 
-def _check_messages(messages: list[Any]) -> list[dict[str, Any]]:
+def check_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """Each chat message an object with a role and string-or-parts content (serde's checks, upstream's messages)."""
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise OrchestratorError(422, f"invalid type: {_type_name(m)}, expected struct Message at messages[{i}]")
