@@ -19,7 +19,7 @@ import httpx
 from kaip.sdk.client import Client
 from kaip.sdk.errors import Unreachable, from_status
 from kaip.sdk.objects import Object
-from kaip.sdk.rest import Resource
+from kaip.sdk.rest import Resource, watch_params
 
 if TYPE_CHECKING:
     import openai
@@ -80,13 +80,7 @@ class AsyncClient:
                     ) -> AsyncIterator[tuple[str, Object]]:
         """Changes as they happen: `(type, object)`, the current objects first as ADDED (see `Client.watch`)."""
         res = await self._res(kind)
-        params: dict[str, str] = {"watch": "true", "allowWatchBookmarks": "true"}
-        if resource_version:
-            params["resourceVersion"] = resource_version
-        if selector:
-            params["labelSelector"] = selector
-        if timeout:
-            params["timeoutSeconds"] = str(int(timeout))
+        params = watch_params(resource_version, selector, timeout)
         path = self.sync.rest.path(res, self._ns(res, namespace))
         async with self.http.stream("GET", path, params=params, timeout=httpx.Timeout(10.0, read=None)) as resp:
             if resp.status_code >= 400:

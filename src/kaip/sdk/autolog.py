@@ -490,6 +490,10 @@ class _Session:
         if self.run is None:
             return
         run, self.run, self.optimizer = self.run, None, None
+        self._end(run)
+
+    def _end(self, run: str) -> None:
+        """Write what is buffered, then close the run; a failure is a warning, never the training's end."""
         self.flush()
         with self.write_lock:
             try:
@@ -531,12 +535,7 @@ class _Session:
                         _warn("logging the model", err)
         finally:
             self.trainers = max(0, self.trainers - 1)
-            self.flush()
-            with self.write_lock:
-                try:
-                    self.sink.end_run(run)
-                except Exception as err:
-                    _warn("ending the run", err)
+            self._end(run)
 
     # -- log_model --
 

@@ -38,6 +38,18 @@ class Resource:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
+def watch_params(resource_version: str | None, selector: str | None, timeout: float | None) -> dict[str, str]:
+    """The query of a Kubernetes watch (with bookmarks), for the sync and the async client alike."""
+    params: dict[str, str] = {"watch": "true", "allowWatchBookmarks": "true"}
+    if resource_version:
+        params["resourceVersion"] = resource_version
+    if selector:
+        params["labelSelector"] = selector
+    if timeout:
+        params["timeoutSeconds"] = str(int(timeout))
+    return params
+
+
 class RestClient:
     """The resource API over HTTP (httpx), with the server URL and token from `kaip.config`."""
 
@@ -162,13 +174,7 @@ class RestClient:
 
     def watch(self, res: Resource, namespace: str | None = None, *, resource_version: str | None = None,
               selector: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        params: dict[str, str] = {"watch": "true", "allowWatchBookmarks": "true"}
-        if resource_version:
-            params["resourceVersion"] = resource_version
-        if selector:
-            params["labelSelector"] = selector
-        if timeout:
-            params["timeoutSeconds"] = str(int(timeout))
+        params = watch_params(resource_version, selector, timeout)
         with self.http.stream("GET", self.path(res, namespace), params=params,
                               timeout=httpx.Timeout(10.0, read=None)) as resp:
             if resp.status_code >= 400:

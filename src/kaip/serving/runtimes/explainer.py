@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kaip.serving.runtimes.server import error, parse_args, serve
+from kaip.serving.runtimes.server import error, health_routes, parse_args, serve
 
 METHODS = ("auto", "shapley", "occlusion")
 MAX_SHAPLEY_FEATURES = 10  # 1,024 rows per instance
@@ -282,14 +282,8 @@ def build_app(explainer: Explainer, registry: CollectorRegistry) -> Starlette:
     explain_seconds = Histogram("request_explain_seconds", "Time spent in explain", ["model_name"],
                                 registry=registry)
 
-    async def ready(_: Request) -> Response:
-        return JSONResponse({"ready": True})
-
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})
-
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def model(request: Request) -> Response:
         name = request.path_params["name"]
@@ -317,8 +311,7 @@ def build_app(explainer: Explainer, registry: CollectorRegistry) -> Starlette:
         return JSONResponse(out)
 
     return Starlette(routes=[
-        Route("/", live), Route("/v2/health/live", live), Route("/v2/health/ready", ready),
-        Route("/metrics", metrics), Route("/v1/models/{name}", model),
+        Route("/", live), *health_routes(registry), Route("/v1/models/{name}", model),
         Route("/v1/models/{name_verb}", verb, methods=["POST"]),
     ])
 

@@ -59,6 +59,20 @@ def error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def health_routes(registry: CollectorRegistry) -> list[Route]:
+    """What every auxiliary runtime (transformer, explainer) answers the prober and Prometheus with."""
+    async def ready(_: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def live(_: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/v2/health/ready", ready), Route("/v2/health/live", live), Route("/metrics", metrics)]
+
+
 def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None,
                argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)

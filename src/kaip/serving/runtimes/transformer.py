@@ -25,13 +25,13 @@ from types import ModuleType
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kaip.serving.runtimes.server import error, parse_args, serve
+from kaip.serving.runtimes.server import error, health_routes, parse_args, serve
 
 FORWARD_HEADERS = ("content-type", "x-request-id", "ce-id", "traceparent")
 
@@ -107,15 +107,6 @@ def build_app(obj: Any, predictor_url: str, token: str | None, registry: Collect
     def headers_of(request: Request) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k in FORWARD_HEADERS}
 
-    async def ready(_: Request) -> Response:
-        return JSONResponse({"ready": True})
-
-    async def live(_: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
     async def forward_get(request: Request) -> Response:
         resp = await client.get(predictor_url + request.url.path, headers={**headers_of(request), **auth})
         return Response(resp.content, status_code=resp.status_code,
@@ -150,7 +141,7 @@ def build_app(obj: Any, predictor_url: str, token: str | None, registry: Collect
         return JSONResponse(out)
 
     return Starlette(routes=[
-        Route("/v2/health/ready", ready), Route("/v2/health/live", live), Route("/metrics", metrics),
+        *health_routes(registry),
         Route("/{path:path}", forward_get, methods=["GET"]),
         Route("/{path:path}", transform, methods=["POST"]),
     ])
