@@ -117,14 +117,14 @@ def test_filter_compilation_refuses_unknown_and_owner_fields() -> None:
 
 # ---- the vector index ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("exact_below", [10_000, 100])  # float32 scan, and the fp16 scan with re-ranking
+@pytest.mark.parametrize("exact_below", [10_000, 100])  # float32 scan, and the quantised scan with re-ranking
 def test_index_matches_exact_search_and_filters_inside(exact_below: int) -> None:
     rng = np.random.default_rng(1)
     x = unit(rng, 3000, 32)
     ids = np.arange(1000, 4000, dtype=np.int64)
     index = VectorIndex(32, exact_below=exact_below)
     index.add(ids, x)
-    assert index.uses_half_precision == (exact_below < 3000)
+    assert index.uses_quantised_scan == (exact_below < 3000)
     for q in unit(rng, 20, 32):
         found, scores = index.search(q, 10)
         truth = ids[np.argsort(-(x @ q))[:10]]
@@ -136,6 +136,30 @@ def test_index_matches_exact_search_and_filters_inside(exact_below: int) -> None
         assert len(found) == 10 and set(found.tolist()) <= set(allowed.tolist())
         sub = np.isin(ids, allowed)
         assert set(found.tolist()) == set(ids[sub][np.argsort(-(x[sub] @ q))[:10]].tolist())
+        # A broad filter (half the records, above exact_below): the quantised scan over-fetches, then filters.
+        allowed = ids[::2]
+        found, _ = index.search(q, 10, allowed=allowed)
+        assert set(found.tolist()) == set(allowed[np.argsort(-(x[::2] @ q))[:10]].tolist())
+
+
+def test_quantised_scan_survives_removal_and_reload(tmp_path: Path) -> None:
+    """Tombstones are excluded from the quantised scan's candidates, and a reloaded index answers the same."""
+    rng = np.random.default_rng(3)
+    x = unit(rng, 2000, 24)
+    index = VectorIndex(24, exact_below=500)
+    index.add(np.arange(2000), x)
+    removed = np.arange(0, 2000, 7)
+    index.remove(removed)  # under a quarter: tombstones stay
+    assert index.uses_quantised_scan and len(index) == 2000 - len(removed)
+    keep = np.setdiff1d(np.arange(2000), removed)
+    for q in unit(rng, 10, 24):
+        found, _ = index.search(q, 10)
+        assert set(found.tolist()) == set(keep[np.argsort(-(x[keep] @ q))[:10]].tolist())
+    index.save(tmp_path / "i.npz", stamp=1)
+    loaded, _ = VectorIndex.load(tmp_path / "i.npz")
+    assert loaded.uses_quantised_scan
+    q = unit(rng, 1, 24)[0]
+    assert loaded.search(q, 10)[0].tolist() == index.search(q, 10)[0].tolist()
 
 
 def test_index_removal_persistence_and_stale_detection(tmp_path: Path) -> None:
