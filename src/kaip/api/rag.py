@@ -28,11 +28,17 @@ def _field_name(value: str) -> str:
     return value
 
 
-class Source(Schema):
-    """A local file, directory or glob (`docs/**/*.md`). Relative paths are relative to the server's working
-    directory, so manifests should use absolute paths."""
+REGISTRY_SCHEMES = ("models:/", "runs:/")
 
-    path: str = Field(min_length=1)
+
+class Source(Schema):
+    """`path`: a local file, directory or glob (`docs/**/*.md`); relative paths are relative to the server's
+    working directory, so manifests should use absolute paths. `artifact`: files held by Kaip's registry —
+    `models:/NAME/VERSION[/PATH]`, `models:/NAME@ALIAS[/PATH]` or `runs:/RUN_ID/PATH`, where PATH may be a file,
+    a folder or a glob inside the artifacts — resolved in the knowledge base's own namespace at every sync."""
+
+    path: str | None = Field(default=None, min_length=1)
+    artifact: str | None = Field(default=None, min_length=1)
     format: Format = "auto"
     # Structured records (CSV, JSONL): the fields rendered into the chunk's text (default: all of them).
     textFields: list[str] | None = None
@@ -49,6 +55,26 @@ class Source(Schema):
         for name in v or []:
             _field_name(name)
         return v
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(REGISTRY_SCHEMES):
+            raise ValueError("must be a registry URI: models:/NAME/VERSION[/PATH], models:/NAME@ALIAS[/PATH] or "
+                             "runs:/RUN_ID/PATH")
+        if v is not None and ".." in v.split(":", 1)[1].split("/"):
+            raise ValueError("must not contain '..': a path inside the artifacts cannot leave them")
+        return v
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Source:
+        if (self.path is None) == (self.artifact is None):
+            raise ValueError("set exactly one of path (files on this machine) and artifact (a registry URI)")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.path if self.path is not None else str(self.artifact)
 
 
 class Chunking(Schema):

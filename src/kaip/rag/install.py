@@ -15,7 +15,7 @@ from kaip.rag.service import RagService
 
 
 def install(server: Any) -> RagService:
-    service = RagService(server.home / "rag", server.store)
+    service = RagService(server.home / "rag", server.store, artifacts_root=server.home / "artifacts")
     app = server.app
     before = len(app.router.routes)
     app.include_router(rag_router(server.ctx, service))

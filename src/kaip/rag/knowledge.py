@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,9 @@ from kaip.api.rag import KnowledgeBaseSpec
 from kaip.rag.bm25 import BM25, reciprocal_rank_fusion
 from kaip.rag.embeddings import Embedder
 from kaip.rag.index import VectorIndex
+
+# A registry URI (`models:/…`, `runs:/…`) -> the local path (or glob) of its files; raises when it does not resolve.
+ArtifactResolver = Callable[[str], Path]
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +135,12 @@ create index if not exists chunks_path on chunks(path);
 
 
 class KnowledgeBase:
-    def __init__(self, config: KnowledgeBaseConfig, directory: Path, embedder: Embedder) -> None:
+    def __init__(self, config: KnowledgeBaseConfig, directory: Path, embedder: Embedder, *,
+                 resolve_artifact: ArtifactResolver | None = None) -> None:
         self.config = config
         self.directory = directory
         self.embedder = embedder
+        self.resolve_artifact = resolve_artifact
         directory.mkdir(parents=True, exist_ok=True)
         self.db_path = directory / "chunks.db"
         self.index_path = directory / "index.npz"

@@ -7,6 +7,7 @@ import base64
 import logging
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,25 @@ from kaip.store.store import Store
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _NamespaceOnly:
+    """Registry access for a knowledge base: its own namespace and no other (a run elsewhere does not exist)."""
+
+    namespace: str
+    user: str = "system:knowledgebase"
+
+    def can_read(self, namespace: str) -> bool:
+        return namespace == self.namespace
+
+    def can_write(self, namespace: str) -> bool:
+        return False
+
+
 class RagService:
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(self, root: Path, store: Store, *, artifacts_root: Path | None = None) -> None:
         self.root = root
         self.store = store
+        self.artifacts_root = artifacts_root if artifacts_root is not None else root.parent / "artifacts"
         self._open: dict[tuple[str, str], tuple[str, KnowledgeBase]] = {}  # (ns, name) -> (uid/generation, kb)
         self._lock = threading.Lock()
 
@@ -50,11 +66,40 @@ class RagService:
                 return found[1]
         spec = obj["spec"]
         embedding = spec.get("embedding") or {}
-        embedder = load_embedder(embedding.get("model"), embedding.get("path"))
-        kb = KnowledgeBase(kb_from_spec(meta["name"], meta["namespace"], spec), self.directory(obj), embedder)
+        model, path = embedding.get("model"), embedding.get("path")
+        if model and model.startswith("models:/"):  # a sentence-transformers model registered in Kaip's registry
+            try:
+                path, model = str(self.resolve_artifact(model, meta["namespace"])), None
+            except Exception as err:
+                raise EmbeddingModelNotFound(f"{embedding['model']}: {getattr(err, 'message', None) or err}") \
+                    from err
+        embedder = load_embedder(model, path)
+        kb = KnowledgeBase(kb_from_spec(meta["name"], meta["namespace"], spec), self.directory(obj), embedder,
+                           resolve_artifact=lambda uri: self.resolve_artifact(uri, meta["namespace"]))
         with self._lock:
             self._open[key] = (version, kb)
         return kb
+
+    def resolve_artifact(self, uri: str, namespace: str) -> Path:
+        """The local path (or glob) of registry files — `models:/NAME/VERSION[/PATH]`, `models:/NAME@ALIAS[/PATH]`,
+        `runs:/RUN_ID/PATH` — looked up in `namespace` only."""
+        from kaip.tracking.uris import artifact_path_for_source, parse_runs_uri, resolve_model_uri
+
+        access = _NamespaceOnly(namespace)
+        if uri.startswith("runs:/"):
+            from kaip.tracking.service import TrackingService
+
+            run_id, sub = parse_runs_uri(uri)
+            info = TrackingService(self.store).get_run(access, run_id)["info"]
+            base = artifact_path_for_source(info["artifact_uri"])
+            if base is None:
+                raise LookupError(f"run {run_id}'s artifacts ({info['artifact_uri']}) are not stored by Kaip")
+            return self.artifacts_root / base / sub
+        found = resolve_model_uri(self.store, uri, namespace, artifacts_root=self.artifacts_root, access=access)
+        if found.local_path is None:
+            raise LookupError(f"version {found.version} of {found.name} points at {found.source}, which is not "
+                              "stored by Kaip")
+        return found.local_path
 
     def evict(self, namespace: str, name: str) -> None:
         with self._lock:

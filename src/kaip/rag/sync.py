@@ -29,7 +29,7 @@ from kaip.api.rag import Source
 from kaip.rag import documents
 from kaip.rag.chunking import Chunk, chunk_sections, record_chunk
 from kaip.rag.documents import STRUCTURED, UnreadableError
-from kaip.rag.knowledge import KnowledgeBase
+from kaip.rag.knowledge import ArtifactResolver, KnowledgeBase
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,25 @@ def config_digest(kb: KnowledgeBase) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def discover(sources: Sequence[Source]) -> tuple[dict[str, tuple[int, FileStat]], list[str]]:
-    """{path: (source index, stat)} of every file the sources name, and problems (missing files)."""
+def discover(sources: Sequence[Source], resolve_artifact: ArtifactResolver | None = None,
+             ) -> tuple[dict[str, tuple[int, FileStat]], list[str]]:
+    """{path: (source index, stat)} of every file the sources name, and problems (missing files, registry URIs
+    that do not resolve)."""
     found: dict[str, tuple[int, FileStat]] = {}
     problems: list[str] = []
     for i, source in enumerate(sources):
-        paths, is_glob = documents.expand(source.path)
+        pattern = source.path
+        if source.artifact is not None:
+            if resolve_artifact is None:
+                problems.append(f"sources[{i}].artifact {source.artifact}: the model registry is not available")
+                continue
+            try:
+                pattern = str(resolve_artifact(source.artifact))
+            except Exception as err:  # the registry's own errors say what is missing
+                problems.append(f"sources[{i}].artifact {source.artifact}: {getattr(err, 'message', None) or err}")
+                continue
+        assert pattern is not None
+        paths, is_glob = documents.expand(pattern)
         for path in paths:
             if path in found:
                 continue
@@ -162,7 +175,7 @@ def sync_knowledge_base(kb: KnowledgeBase) -> SyncReport:
 def _sync(kb: KnowledgeBase) -> SyncReport:
     report = SyncReport()
     sources = kb.config.spec.sources
-    present, report.problems = discover(sources)
+    present, report.problems = discover(sources, kb.resolve_artifact)
     digest = config_digest(kb)
     with kb.connect() as db:
         stored = {p: StoredFile(h, s, m) for p, h, s, m in db.execute("select path, hash, size, mtime_ns from files")}
