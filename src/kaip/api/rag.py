@@ -136,6 +136,9 @@ class KnowledgeBaseSpec(Schema):
     accessControl: AccessControl | None = None
     retrieval: Retrieval = Field(default_factory=Retrieval)
     syncIntervalSeconds: int = Field(default=60, ge=5)
+    # Where the vectors live: `auto` is pgvector when the platform runs on PostgreSQL with the extension
+    # available, else FAISS files under $KAIP_HOME; `pgvector` insists (Ready is False when it is unavailable).
+    vectorStore: Literal["auto", "faiss", "pgvector"] = "auto"
 
     @field_validator("metadataFields")
     @classmethod

@@ -17,7 +17,8 @@ from kaip.controlplane.conditions import set_condition
 from kaip.controlplane.events import EventRecorder
 from kaip.controlplane.manager import Key, Result
 from kaip.rag.embeddings import EmbeddingModelNotFound
-from kaip.rag.service import RagService
+from kaip.rag.pgvector import PgVectorUnavailable
+from kaip.rag.service import RagService, unavailable_reason
 from kaip.rag.sync import SyncReport, sync_knowledge_base
 from kaip.store.store import Store, now_rfc3339
 
@@ -74,17 +75,21 @@ class KnowledgeBaseReconciler:
         generation = int(meta.get("generation", 1))
         try:
             kb = self.service.open(obj)
-        except EmbeddingModelNotFound as err:
-            message = str(err)
+        except (EmbeddingModelNotFound, PgVectorUnavailable) as err:
+            message, reason = str(err), unavailable_reason(err)
 
             def missing(status: dict[str, Any], _obj: dict[str, Any]) -> None:
                 status["observedGeneration"] = generation
-                set_condition(status, "Ready", False, "EmbeddingModelNotFound", message, generation=generation)
+                set_condition(status, "Ready", False, reason, message, generation=generation)
             self.store.update_status(KNOWLEDGE_BASE, namespace, name, missing)
-            self.recorder.record(obj, "Warning", "EmbeddingModelNotFound", message)
+            self.recorder.record(obj, "Warning", reason, message)
             return Result(requeue_after=MODEL_RETRY_SECONDS)
         report = sync_knowledge_base(kb)
-        self.store.update_status(KNOWLEDGE_BASE, namespace, name, lambda s, _o: apply_report(s, report, generation))
+
+        def synced(status: dict[str, Any], _obj: dict[str, Any]) -> None:
+            apply_report(status, report, generation)
+            status["vectorStore"] = kb.vector_store
+        self.store.update_status(KNOWLEDGE_BASE, namespace, name, synced)
         if report.files_changed or report.files_removed:
             self.recorder.record(obj, "Normal", "Synced",
                                  f"{len(report.files_changed)} files changed, {len(report.files_removed)} removed: "

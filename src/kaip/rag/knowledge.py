@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine
 
 from kaip.api.rag import KnowledgeBaseSpec
 from kaip.rag.bm25 import BM25, reciprocal_rank_fusion
 from kaip.rag.embeddings import Embedder
 from kaip.rag.index import VectorIndex
+from kaip.rag.pgvector import PgVectorIndex
 
 # A registry URI (`models:/…`, `runs:/…`) -> the local path (or glob) of its files; raises when it does not resolve.
 ArtifactResolver = Callable[[str], Path]
@@ -136,11 +138,13 @@ create index if not exists chunks_path on chunks(path);
 
 class KnowledgeBase:
     def __init__(self, config: KnowledgeBaseConfig, directory: Path, embedder: Embedder, *,
-                 resolve_artifact: ArtifactResolver | None = None) -> None:
+                 resolve_artifact: ArtifactResolver | None = None, pg_engine: Engine | None = None) -> None:
         self.config = config
         self.directory = directory
         self.embedder = embedder
         self.resolve_artifact = resolve_artifact
+        self.pg_engine = pg_engine  # the vectors live in PostgreSQL (pgvector) instead of a FAISS file
+        self.index_bytes = 0
         directory.mkdir(parents=True, exist_ok=True)
         self.db_path = directory / "chunks.db"
         self.index_path = directory / "index.npz"
@@ -188,26 +192,47 @@ class KnowledgeBase:
 
     # ---- the index cache ------------------------------------------------------------------------------------
 
-    def _open_index(self) -> VectorIndex:
+    @property
+    def vector_store(self) -> str:
+        return "pgvector" if self.pg_engine is not None else "faiss"
+
+    def _open_index(self) -> VectorIndex | PgVectorIndex:
         generation = self.generation()
-        try:
-            index, stamp = VectorIndex.load(self.index_path)
-            if stamp == generation and index.dim == self.embedder.dim:
+        index: VectorIndex | PgVectorIndex
+        if self.pg_engine is not None:
+            index, stamp = PgVectorIndex.open(self.pg_engine, f"{self.qualified_name}/{self.directory.name}",
+                                              self.embedder.dim)
+            if stamp == generation:
                 return index
-            log.info("%s: index file is stale (%s, store at %s): rebuilding", self.qualified_name, stamp, generation)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            log.warning("%s: index file unreadable (%s): rebuilding from the stored embeddings", self.qualified_name,
-                        err)
-        index = VectorIndex(self.embedder.dim)
+            log.info("%s: pgvector table is stale (%s, store at %s): rebuilding", self.qualified_name, stamp,
+                     generation)
+            index.reset()
+        else:
+            try:
+                index, stamp = VectorIndex.load(self.index_path)
+                if stamp == generation and index.dim == self.embedder.dim:
+                    self.index_bytes = self.index_path.stat().st_size
+                    return index
+                log.info("%s: index file is stale (%s, store at %s): rebuilding", self.qualified_name, stamp,
+                         generation)
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                log.warning("%s: index file unreadable (%s): rebuilding from the stored embeddings",
+                            self.qualified_name, err)
+            index = VectorIndex(self.embedder.dim)
         with self.connect() as db:
             rows = db.execute("select id, embedding from chunks order by id").fetchall()
         if rows:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             index.add(ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))
-        index.save(self.index_path, generation)
+        self.index_bytes = index.save(self.index_path, generation)
         return index
+
+    def drop_index(self) -> None:
+        """Remove the index's data outside the knowledge base's folder (the pgvector table)."""
+        if isinstance(self._index, PgVectorIndex):
+            self._index.drop()
 
     def _build_lookup(self) -> _Lookup:
         public: list[int] = []
@@ -242,7 +267,7 @@ class KnowledgeBase:
             self._lookup = lookup
 
     @property
-    def index(self) -> VectorIndex:
+    def index(self) -> VectorIndex | PgVectorIndex:
         return self._index
 
     def with_index(self) -> Any:
@@ -306,5 +331,4 @@ class KnowledgeBase:
         with self.connect() as db:
             documents = db.execute("select count(*) from files").fetchone()[0]
             chunks = db.execute("select count(*) from chunks").fetchone()[0]
-        size = self.index_path.stat().st_size if self.index_path.exists() else 0
-        return {"documents": int(documents), "chunks": int(chunks), "indexBytes": int(size)}
+        return {"documents": int(documents), "chunks": int(chunks), "indexBytes": int(self.index_bytes)}

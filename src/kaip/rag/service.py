@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from kaip.api import errors
 from kaip.api.core import SECRET, SERVICE_ACCOUNT
 from kaip.api.rag import KNOWLEDGE_BASE
 from kaip.controlplane.conditions import get_condition
 from kaip.rag.embeddings import EmbeddingModelNotFound, load_embedder
 from kaip.rag.knowledge import KnowledgeBase, kb_from_spec
+from kaip.rag.pgvector import PgVectorIndex, PgVectorUnavailable, ensure_extension
 from kaip.rag.subject import (
     ASSERTION_SECRET_ANNOTATION,
     SUBJECT_ANNOTATION,
@@ -26,6 +29,11 @@ from kaip.rag.subject import (
 from kaip.store.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def unavailable_reason(err: Exception) -> str:
+    """The condition reason for a knowledge base that cannot be opened."""
+    return "VectorStoreUnavailable" if isinstance(err, PgVectorUnavailable) else "EmbeddingModelNotFound"
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class RagService:
         self.root = root
         self.store = store
         self.artifacts_root = artifacts_root if artifacts_root is not None else root.parent / "artifacts"
+        self._pgvector: str | None = None  # why pgvector is unavailable ("" when it is available); checked once
         self._open: dict[tuple[str, str], tuple[str, KnowledgeBase]] = {}  # (ns, name) -> (uid/generation, kb)
         self._lock = threading.Lock()
 
@@ -73,12 +82,33 @@ class RagService:
             except Exception as err:
                 raise EmbeddingModelNotFound(f"{embedding['model']}: {getattr(err, 'message', None) or err}") \
                     from err
+        pg_engine = self.vector_engine(spec.get("vectorStore") or "auto")
         embedder = load_embedder(model, path)
         kb = KnowledgeBase(kb_from_spec(meta["name"], meta["namespace"], spec), self.directory(obj), embedder,
-                           resolve_artifact=lambda uri: self.resolve_artifact(uri, meta["namespace"]))
+                           resolve_artifact=lambda uri: self.resolve_artifact(uri, meta["namespace"]),
+                           pg_engine=pg_engine)
         with self._lock:
             self._open[key] = (version, kb)
         return kb
+
+    def vector_engine(self, choice: str) -> Engine | None:
+        """The database engine for pgvector, or None for FAISS; PgVectorUnavailable when `pgvector` is demanded
+        and the platform's database cannot provide it."""
+        if choice == "faiss":
+            return None
+        if self._pgvector is None:
+            try:
+                ensure_extension(self.store.engine)
+                self._pgvector = ""
+            except PgVectorUnavailable as err:
+                self._pgvector = str(err)
+                if self.store.engine.dialect.name == "postgresql":
+                    log.warning("knowledge bases keep their vectors in FAISS files: %s", err)
+        if self._pgvector:
+            if choice == "pgvector":
+                raise PgVectorUnavailable(self._pgvector)
+            return None
+        return self.store.engine
 
     def resolve_artifact(self, uri: str, namespace: str) -> Path:
         """The local path (or glob) of registry files — `models:/NAME/VERSION[/PATH]`, `models:/NAME@ALIAS[/PATH]`,
@@ -106,7 +136,11 @@ class RagService:
             self._open.pop((namespace, name), None)
 
     def delete_data(self, obj: dict[str, Any]) -> None:
-        self.evict(obj["metadata"]["namespace"], obj["metadata"]["name"])
+        meta = obj["metadata"]
+        self.evict(meta["namespace"], meta["name"])
+        if self._pgvector == "":  # its table, if it had one (dropping a missing table is a no-op)
+            key = f"{meta['namespace']}/{meta['name']}/{self.directory(obj).name}"
+            PgVectorIndex(self.store.engine, key, 0).drop()
         shutil.rmtree(self.directory(obj), ignore_errors=True)
 
     def for_query(self, namespace: str, name: str) -> KnowledgeBase:
@@ -114,8 +148,8 @@ class RagService:
         obj = self.store.get(KNOWLEDGE_BASE, namespace, name)
         try:
             kb = self.open(obj)
-        except EmbeddingModelNotFound as err:
-            raise errors.ApiError(409, "EmbeddingModelNotFound", f'knowledgebase "{name}" cannot answer queries: '
+        except (EmbeddingModelNotFound, PgVectorUnavailable) as err:
+            raise errors.ApiError(409, unavailable_reason(err), f'knowledgebase "{name}" cannot answer queries: '
                                   f"{err}", kind="knowledgebases", name=name) from err
         ready = get_condition(obj.get("status"), "Ready")
         if ready is None and kb.generation() == 0:

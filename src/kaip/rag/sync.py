@@ -257,7 +257,7 @@ def _sync(kb: KnowledgeBase) -> SyncReport:
             index.remove(np.array(removed_ids, dtype=np.int64))
         if added_ids:
             index.add(np.array(added_ids, dtype=np.int64), vectors)
-        report.index_bytes = index.save(kb.index_path, generation)
+        report.index_bytes = kb.index_bytes = index.save(kb.index_path, generation)
         kb.refresh()
     if changed or removed:
         log.info("%s: synced: %d files changed, %d removed; %d chunks embedded, %d kept, %d removed",

@@ -3,11 +3,15 @@
 `KAIP_TEST_DATABASE_URL` (an existing server) wins; otherwise `initdb` + `pg_ctl` start one in a
 temporary directory on a free loopback port, as the `postgres` user when running as root (initdb
 refuses to run as root).
+
+Debian 12's PostgreSQL has no pgvector package; `temporary_postgres(pgvector=True)` takes the binaries of the
+`pgserver` wheel instead (PostgreSQL 16 built with the pgvector extension, a test dependency from PyPI).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import socket
@@ -22,7 +26,12 @@ class PostgresUnavailable(RuntimeError):
     pass
 
 
-def _bin_dir() -> Path:
+def _bin_dir(pgvector: bool = False) -> Path:
+    if pgvector:  # found, not imported: importing pgserver sets up things the binaries do not need
+        spec = importlib.util.find_spec("pgserver")
+        if spec is None or not spec.submodule_search_locations:
+            raise PostgresUnavailable("PostgreSQL with pgvector comes from the pgserver package: run `make install`")
+        return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if found:
         return Path(found[-1]).parent
@@ -45,12 +54,13 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def temporary_postgres() -> Iterator[str]:
-    """Yield a SQLAlchemy URL to an empty database; the server and its files go away afterwards."""
-    if os.environ.get("KAIP_TEST_DATABASE_URL"):
+def temporary_postgres(*, pgvector: bool = False) -> Iterator[str]:
+    """Yield a SQLAlchemy URL to an empty database; the server and its files go away afterwards. With
+    `pgvector`, a server whose `create extension vector` works."""
+    if os.environ.get("KAIP_TEST_DATABASE_URL") and not pgvector:
         yield os.environ["KAIP_TEST_DATABASE_URL"]
         return
-    bindir = _bin_dir()
+    bindir = _bin_dir(pgvector)
     root = Path(tempfile.mkdtemp(prefix="kaip-pg-"))
     data = root / "data"
     port = _free_port()
