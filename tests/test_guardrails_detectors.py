@@ -35,7 +35,7 @@ def test_evaluation_sets_are_large_and_held_out() -> None:
     training = {e.text for e in corpus.hap_examples("train", seed, repeat=6)}
     training |= {e.text for e in corpus.injection_examples("train", seed, 900, 900)}
     training |= {e.text for e in corpus.bias_examples("train", seed, 1200)}
-    training |= {e.text for e in corpus.name_examples("train", 3000, seed)}
+    training |= {e.text for e in corpus.name_examples("train", 6000, seed)}
     for name in ("pii", "hap", "prompt_injection", "bias"):
         examples = load(DATA / f"{name}.jsonl")
         assert len(examples) >= 300, name
@@ -51,10 +51,33 @@ def test_pii_recall_on_structured_types(pii: PiiDetector) -> None:
         assert scores[kind].precision >= 0.95, (kind, scores[kind].row())
 
 
-def test_pii_names_are_found_at_all(pii: PiiDetector) -> None:
-    # Names of the held-out split, which the name model never saw; a floor well below the structured types.
+def test_pii_names(pii: PiiDetector) -> None:
+    # Names and sentence templates of the held-out split, which the name model never saw in training.
     scores = evaluate_pii(pii, load(DATA / "pii.jsonl"))
-    assert scores["person"].precision >= 0.9 and scores["person"].recall >= 0.3, scores["person"].row()
+    assert scores["person"].precision >= 0.9 and scores["person"].recall >= 0.9, scores["person"].row()
+
+
+def test_names_no_list_holds_are_found_from_their_context(pii: PiiDetector) -> None:
+    """Invented names (syllables of the evaluation split only) are in no lexicon: the context must find them."""
+    model = pii.name_model
+    found = total = 0
+    for example in load(DATA / "pii.jsonl"):
+        for span in example.get("spans", []):
+            words = [w.strip(".").lower() for w in example["text"][span["start"]:span["end"]].split()]
+            if span["type"] != "person" or any(w in model.lexicon.first | model.lexicon.last for w in words
+                                               if len(w) > 1):
+                continue
+            total += 1
+            found += any((a, b) == (span["start"], span["end"]) for a, b, _ in model.find(example["text"]))
+    assert total >= 20 and found / total >= 0.8, (found, total)
+
+
+def test_names_stop_at_contractions_and_leave_addresses_to_the_address_type(pii: PiiDetector) -> None:
+    text = "I'm Ada Lovelace, tell Grace I'll call. I live at 7651 Orchard Street, Dover, DE 33258."
+    found = {(d.detection, d.text) for d in pii.detect(text, {})}
+    assert ("person", "Ada Lovelace") in found and ("person", "Grace") in found
+    assert ("street_address", "7651 Orchard Street, Dover, DE 33258") in found
+    assert not any(det == "person" and ("Dover" in t or "Orchard" in t or "'" in t) for det, t in found), found
 
 
 def test_prompt_injection_f1() -> None:

@@ -2,12 +2,15 @@
 
 Candidates are runs of capitalised tokens (initials such as `J.` included). Each candidate is described by
 sparse features — its shape, its words and suffixes, the words around it, titles (`Dr.`, `Ms.`), cue phrases
-(`my name is`, `regards,`), whether it opens the sentence, and membership in a small first-name list — and a
-logistic regression trained on project-made sentences (`kaip.guardrails.training`) scores it. The weights
-are plain JSON (`models/names.json`): reviewable, and loading them runs no code.
+(`my name is`, `regards,`), whether it opens the sentence, and whether its words are in a lexicon of given names
+and surnames — and a logistic regression trained on project-made sentences (`kaip.guardrails.training`) scores
+it. The weights and the lexicon are plain JSON (`models/names.json`): reviewable, and loading them runs no code.
 
-The first-name list the model sees at run time holds only the training split's names; the evaluation set uses
-the other names, so its recall measures what the context and shape features learned, not list look-ups.
+The lexicon (about 20,000 given names and 20,000 surnames in Latin script) is taken at training time from the
+name lists of the `faker` package's person providers (MIT licence; dozens of locales, census-style lists), plus the
+training split's names. During training a third of the candidates are described as if the lexicon were empty, so
+that the context features carry weight of their own: a name no list holds (the evaluation set has invented ones)
+is still found from how the sentence uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TOKEN = re.compile(r"[A-Z][a-z]*\.|[A-Za-z][A-Za-z'\-]*|\d+|[^\sA-Za-z\d]")
+# Initials and abbreviated titles keep their full stop; any other word does not (so "Carver." ends at "r").
+TOKEN = re.compile(r"\b(?:[^\W\d_]|Dr|Mr|Mrs|Ms|Mx|Prof|Jr|Sr|St)\.|[^\W\d_](?:[^\W\d_]|['\-])*|\d+|[^\s\w]")
 TITLES = {"dr.", "mr.", "mrs.", "ms.", "dr", "mr", "mrs", "ms", "prof.", "nurse", "doctor"}
 # Capitalised words that open sentences without being names, stripped from the front of a candidate.
 OPENERS = {"a", "an", "the", "my", "our", "your", "his", "her", "their", "we", "i", "you", "he", "she", "they",
@@ -39,7 +43,8 @@ germany spain italy india china japan africa asia english spanish french german 
 arabic hindi clinic hospital pharmacy insurance mutual cross shield care health center centre
 services support team app plan medical medicare medicaid gold silver bronze platinum urgent
 emergency room street avenue road campus pediatrics cardiology radiology oncology university
-college inc corp company group bank covid
+college inc corp company group bank covid street st avenue ave road rd boulevard blvd lane ln drive dr court
+ct way place terrace circle parkway suite apt apartment unit floor po box
 """
 NON_PERSON = frozenset(_NON_PERSON_WORDS.split())
 
@@ -57,7 +62,12 @@ def tokenize(text: str) -> list[Token]:
     return [Token(m.group(), m.start(), m.end()) for m in TOKEN.finditer(text)]
 
 
+CONTRACTION = re.compile(r"['’](?:m|s|ll|re|ve|d|t)$", re.IGNORECASE)
+
+
 def _is_cap(tok: str) -> bool:
+    if CONTRACTION.search(tok):  # "I'm", "I'll", "Tom's": not part of a name run
+        return False
     return tok[:1].isupper() and (len(tok) == 1 or not tok.isupper() or (len(tok) == 2 and tok.endswith(".")))
 
 
@@ -87,7 +97,16 @@ def _shape(tok: str) -> str:
     return s
 
 
-def features(tokens: list[Token], i: int, j: int, first_names: frozenset[str]) -> list[str]:
+@dataclass(frozen=True)
+class Lexicon:
+    first: frozenset[str]
+    last: frozenset[str]
+
+
+EMPTY_LEXICON = Lexicon(frozenset(), frozenset())
+
+
+def features(tokens: list[Token], i: int, j: int, lexicon: Lexicon) -> list[str]:
     words = [t.text for t in tokens[i:j]]
     low = [w.lower() for w in words]
     prev = [tokens[k].text.lower() for k in range(max(0, i - 3), i)]
@@ -112,28 +131,37 @@ def features(tokens: list[Token], i: int, j: int, first_names: frozenset[str]) -
         f.append("sentence_start")
     if prev and prev[-1] in TITLES:
         f.append("after_title")
-    if low[0] in first_names:
-        f.append("first_in_list")
-    if any(w in first_names for w in low[1:]):
-        f.append("later_in_list")
+    if low[0] in lexicon.first:
+        f.append("first_in_lexicon")
+    if j - i >= 2 and low[-1] in lexicon.last:
+        f.append("last_in_lexicon")
+    if any(w in lexicon.first or w in lexicon.last for w in low[1:-1]):
+        f.append("middle_in_lexicon")
+    if not any(w in lexicon.first or w in lexicon.last for w in low):
+        f.append("none_in_lexicon")
     if any(len(w) == 2 and w.endswith(".") for w in words):
         f.append("has_initial")
+    if i > 0 and tokens[i - 1].text.isdigit():
+        f.append("after_number")  # "7651 Orchard Street": a house number
+    if j + 1 < len(tokens) and tokens[j].text == "," and re.fullmatch(r"[A-Z]{2}", tokens[j + 1].text):
+        f.append("before_state_code")  # "Dover, DE"
     return f
 
 
 class NameModel:
-    def __init__(self, weights: dict[str, float], first_names: frozenset[str], threshold: float) -> None:
+    def __init__(self, weights: dict[str, float], lexicon: Lexicon, threshold: float) -> None:
         self.weights = weights
-        self.first_names = first_names
+        self.lexicon = lexicon
         self.threshold = threshold
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> NameModel:
         data = json.loads(path.read_text())
-        return cls(data["weights"], frozenset(data["first_names"]), float(data.get("threshold", 0.5)))
+        lexicon = Lexicon(frozenset(data["first_names"]), frozenset(data["last_names"]))
+        return cls(data["weights"], lexicon, float(data.get("threshold", 0.5)))
 
     def score(self, tokens: list[Token], i: int, j: int) -> float:
-        z = sum(self.weights.get(name, 0.0) for name in features(tokens, i, j, self.first_names))
+        z = sum(self.weights.get(name, 0.0) for name in features(tokens, i, j, self.lexicon))
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
     def find(self, text: str) -> list[tuple[int, int, float]]:

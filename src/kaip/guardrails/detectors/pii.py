@@ -174,8 +174,9 @@ STRUCTURED: dict[str, Finder] = {
 
 
 def _resolve(found: list[Detection]) -> list[Detection]:
-    """Drop a finding that overlaps an earlier-ranked (higher score, then longer) one."""
-    found.sort(key=lambda d: (-d.score, -((d.end or 0) - (d.start or 0)), d.start or 0))
+    """Drop a finding that overlaps an earlier-ranked one: pattern-and-checksum types first (a capitalised street
+    or city inside an address is the address, not a person), then higher score, then longer."""
+    found.sort(key=lambda d: (d.detection == "person", -d.score, -((d.end or 0) - (d.start or 0)), d.start or 0))
     kept: list[Detection] = []
     for d in found:
         if all((d.end or 0) <= (k.start or 0) or (d.start or 0) >= (k.end or 0) for k in kept):

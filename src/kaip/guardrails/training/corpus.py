@@ -83,6 +83,10 @@ NON_NAME_CAPS = [
     "Emergency Room", "Urgent Care", "Saint Mary Hospital", "General Hospital", "Cardiology", "Pharmacy",
     "Member Services", "Customer Support", "Main Street Clinic", "North Campus", "Lakeside Pediatrics",
     "COVID", "Zoom", "Teams", "Android", "iPhone", "Europe", "Canada", "Mexico", "California", "Florida",
+    "Humana", "Aetna", "Kaiser", "Cigna", "Ozempic", "Humira", "Eliquis", "Walmart", "Target", "Costco",
+    "Denver", "Phoenix", "Georgia", "Virginia", "Carolina", "Houston", "Dallas", "Orlando", "Seattle", "Portland",
+    "Wednesday", "Saturday", "Sunday", "April", "June", "September", "November", "Easter", "Medicare Advantage",
+    "Physical Therapy", "Radiology", "Oncology", "Dermatology", "Blue Shield", "Health Net", "Riverside Clinic",
 ]
 
 
@@ -264,7 +268,32 @@ NAME_TEMPLATES = [
     "According to {n}, the pharmacy closed early.", "{n} and I share the same policy.",
     "We met {n} at the clinic in Springfield.", "Our agent {n} will follow up.",
     "Please reschedule {n} to next week.", "Can {n} see my claims history?", "I am {n}.",
+    "My wife {n} is on my plan.", "Hello, my name is {n}.", "Best, {n}", "Member name: {n}",
+    "Can I speak to {n} please?", "{n} was my doctor last year.", "Is this the number for {n}?",
+    "I need a refill for {n}, my son.", "Name: {n}", "Sincerely, {n}", "{n} said I should call you.",
+    "The claim was filed by {n} in May.", "My mother, {n}, needs a wheelchair.", "Cheers, {n}",
+    "Policy holder {n} moved last month.", "You can reach {n} at the front desk.", "I'm {n}, the caregiver.",
+    "Did {n} already pay the copay?", "Prescribed by Dr. {n}.", "{n} will bring the forms tomorrow.",
+    "Contact person: {n}", "Hey {n}, thanks for the help!", "Mrs. {n} is waiting in room four.",
+    "Please update the address for {n}.", "It was {n} who answered the phone.", "My dependent {n} lost the card.",
+    "The therapist, {n}, recommended twelve sessions.", "Forwarding this to {n} for review.",
+    "Can {n} pick up my prescription?", "{n} here, following up on my claim.", "Emergency contact: {n}",
+    "I saw {n} at urgent care on Tuesday.", "Thank you, {n}, for the quick reply.", "Signed, {n}",
+    "Tell {n} I'll be late.", "Prof. {n} is my primary care physician.", "Ask {n} about the referral.",
+    "My brother {n} has the same plan.", "Is {n} in network?", "{n} approved the request yesterday.",
+    "Please call {n} back after five.", "This message is for {n}.", "Dear {n},", "Yours truly, {n}",
 ]
+# Invented names (no list, census or person behind them): they teach and test the context around a name, since
+# no name list can contain them.
+INVENTED_SYLLABLES = ["ka", "lo", "mi", "ran", "tor", "vel", "shu", "den", "zar", "qui", "bel", "nor", "tav", "esh",
+                      "rul", "fen", "gro", "dal", "ix", "om", "pra", "sev", "yul", "wen", "hob", "cru", "dri", "mab"]
+
+
+def invented_name(rng: random.Random, split: Split) -> str:
+    """A made-up name from the split's own syllables (train and eval share none, so no suffix carries over)."""
+    syllables = _split(INVENTED_SYLLABLES, split)
+    return "".join(rng.choice(syllables) for _ in range(rng.choice([2, 2, 3]))).capitalize()
+
 NAME_NEGATIVE_TEMPLATES = [
     "The {c} office is closed on {c2}.", "I filled my {c} prescription at {c2}.", "Is {c} covered by my plan?",
     "We flew from {c} to {c2} last week.", "My plan is {c}, not {c2}.", "The {c} team will call you back.",
@@ -272,28 +301,56 @@ NAME_NEGATIVE_TEMPLATES = [
     "The {c} app crashes on {c2}.", "Coverage in {c} starts on {c2}.", "Can I transfer from {c} to {c2}?",
     "Please Call Me Back Today.", "Thank You For Your Help!", "What Is My Deductible?",
     "How do I reset my password?", "When is open enrollment?", "Where is the nearest pharmacy?",
+    "My appointment at {c} is on {c2}.", "Is {c} cheaper than {c2}?", "I moved to {c} last year.",
+    "Does the {c} plan cover {c2}?", "{c} sent me a letter about {c2}.", "The {c} location opens at nine.",
+    "Regards from {c}.", "I was born in {c}.", "Thanks, {c} support!", "Patient portal: {c}",
+    "Can I use {c} for my refills?", "The {c} clinic referred me to {c2}.", "Hello from {c}!",
+    "Is the {c} pharmacy open on {c2}?", "I take {c} every morning.", "Send the bill to {c}.",
 ]
 
 
-def _name_variant(rng: random.Random, firsts: list[str], lasts: list[str]) -> str:
-    f, last = rng.choice(firsts), rng.choice(lasts)
+def _name_variant(rng: random.Random, firsts: list[str], lasts: list[str], split: Split) -> str:
+    if rng.random() < 0.25:  # a quarter of the names are invented: only their context gives them away
+        f = invented_name(rng, split)
+        last = invented_name(rng, split) if rng.random() < 0.5 else rng.choice(lasts)
+    else:
+        f, last = rng.choice(firsts), rng.choice(lasts)
     return rng.choice([f"{f} {last}", f"{f} {last}", f, f"{f[0]}. {last}", f"{f} {rng.choice(firsts)[0]}. {last}"])
 
 
+ADDRESS_NEGATIVE_TEMPLATES = ["I live at {a}.", "Ship it to {a} please.", "My new address is {a}.",
+                              "Send the forms to {a}.", "The clinic moved to {a}.", "Mail goes to {a}, thanks."]
+
+
+def _address(rng: random.Random, split: Split) -> str:
+    city, state = rng.choice(_split(CITIES, split))
+    street = f"{rng.randrange(10, 9999)} {rng.choice(_split(STREETS, split))} {rng.choice(STREET_TYPES)}"
+    return rng.choice([street, f"{street}, {city}, {state}", f"{street}, Apt {rng.randrange(1, 40)}, {city}, "
+                       f"{state} {rng.randrange(10000, 99999)}", f"{street} Suite {rng.randrange(100, 999)}"])
+
+
 def name_examples(split: Split, n: int, seed: int) -> list[Example]:
-    """Sentences with person-name spans (label 1) and with capitalised non-names only (label 0)."""
+    """Sentences with person-name spans (label 1) and with capitalised non-names only (label 0): places,
+    products, organisations, days and street addresses (whose streets and towns are often also names)."""
     rng = random.Random(seed)
     firsts, lasts = _split(FIRST_NAMES, split), _split(LAST_NAMES, split)
     templates, negatives = _split(NAME_TEMPLATES, split), _split(NAME_NEGATIVE_TEMPLATES, split)
+    addresses = _split(ADDRESS_NEGATIVE_TEMPLATES, split)
     caps = _split(NON_NAME_CAPS, split)
     out: list[Example] = []
     for i in range(n):
         if i % 3 == 2:
+            if i % 9 == 8:  # no name, but an address (a PII span of its own for the evaluation)
+                template, address = rng.choice(addresses), _address(rng, split)
+                start = template.index("{a}")
+                out.append(Example(template.format(a=address), 0, "no_name",
+                                   [{"start": start, "end": start + len(address), "type": "street_address"}]))
+                continue
             template = rng.choice(negatives)
             out.append(Example(template.format(c=rng.choice(caps), c2=rng.choice(caps)), 0, "no_name"))
             continue
         template = rng.choice(templates)
-        name = _name_variant(rng, firsts, lasts)
+        name = _name_variant(rng, firsts, lasts, split)
         start = template.index("{n}")
         out.append(Example(template.replace("{n}", name), 1, "person",
                            [{"start": start, "end": start + len(name), "type": "person"}]))

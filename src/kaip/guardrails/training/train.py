@@ -10,6 +10,8 @@ The evaluation set (tests/data/guardrails/, made by tests/data/guardrails/make_e
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +49,61 @@ def train_text(name: str, texts: list[str], labels: list[int], *, note: str, c: 
             "threshold": 0.5, "trained_on": note}
 
 
+def faker_name_lexicon() -> tuple[set[str], set[str]]:
+    """Given names and surnames (lower-case, Latin script) from the person providers of every `faker` locale."""
+    import importlib
+    import pkgutil
+
+    import faker.providers.person as person
+
+    first: set[str] = set()
+    last: set[str] = set()
+    for module in pkgutil.iter_modules(person.__path__):
+        provider = getattr(importlib.import_module(f"{person.__name__}.{module.name}"), "Provider", None)
+        if provider is None:
+            continue
+        for attr, into in (("first_names", first), ("first_names_male", first), ("first_names_female", first),
+                           ("first_names_nonbinary", first), ("last_names", last)):
+            values = provider.__dict__.get(attr)  # some locales derive these as properties: skip those
+            if not values or isinstance(values, property):
+                continue
+            for value in values:
+                for part in str(value).split():
+                    if _NAME_WORD.match(part) and part[0].isupper() and all(ord(c) < 0x250 for c in part):
+                        into.add(part.lower())
+    return first, last
+
+
+_NAME_WORD = re.compile(r"^[^\W\d_][^\W\d_'\-]*$")
+LEXICON_DROPOUT = 1 / 3  # candidates described as if no list knew their words, so context earns weight
+
+
 def train_names() -> dict[str, Any]:
-    examples = corpus.name_examples("train", 3000, TRAIN_SEED)
-    firsts = frozenset(n.lower() for n in corpus._split(corpus.FIRST_NAMES, "train"))
+    examples = corpus.name_examples("train", 6000, TRAIN_SEED)
+    first, last = faker_name_lexicon()
+    first |= {n.lower() for n in corpus._split(corpus.FIRST_NAMES, "train")}
+    last |= {n.lower() for n in corpus._split(corpus.LAST_NAMES, "train")}
+    lexicon = names_mod.Lexicon(frozenset(first), frozenset(last))
+    rng = random.Random(TRAIN_SEED)
     rows: list[dict[str, float]] = []
     labels: list[int] = []
     for ex in examples:
         tokens = names_mod.tokenize(ex.text)
-        gold = {(s["start"], s["end"]) for s in ex.spans}
+        gold = {(s["start"], s["end"]) for s in ex.spans if s["type"] == "person"}
         for i, j in names_mod.candidates(tokens):
-            rows.append(dict.fromkeys(names_mod.features(tokens, i, j, firsts), 1.0))
+            seen = names_mod.EMPTY_LEXICON if rng.random() < LEXICON_DROPOUT else lexicon
+            rows.append(dict.fromkeys(names_mod.features(tokens, i, j, seen), 1.0))
             labels.append(int((tokens[i].start, tokens[j - 1].end) in gold))
     vec = DictVectorizer()
     x = vec.fit_transform(rows)
-    clf = LogisticRegression(C=0.5, solver="lbfgs", max_iter=2000, fit_intercept=False)
+    clf = LogisticRegression(C=0.5, solver="lbfgs", max_iter=3000, fit_intercept=False)
     clf.fit(x, labels)
     weights = {f: round(float(w), 5) for f, w in zip(vec.get_feature_names_out(), clf.coef_[0], strict=True)
                if abs(w) > 1e-4}
-    return {"weights": weights, "first_names": sorted(firsts), "threshold": 0.5,
-            "trained_on": f"{len(examples)} project-made sentences (train split), {len(rows)} candidates"}
+    return {"weights": weights, "first_names": sorted(first), "last_names": sorted(last), "threshold": 0.5,
+            "trained_on": f"{len(examples)} project-made sentences (train split), {len(rows)} candidates; lexicon: "
+                          f"{len(first)} given names and {len(last)} surnames from faker's person providers and "
+                          "the training split"}
 
 
 def main() -> None:
