@@ -317,7 +317,39 @@ def kaip_index(x: np.ndarray, mask: np.ndarray, queries: np.ndarray, truth: np.n
         return index.search(q, K, allowed=allowed)[0]  # type: ignore[attr-defined]
 
     return measure("Kaip VectorIndex", build, search, fsearch, queries, truth, ftruth,
-                   "FAISS behind Kaip's planner: exact scan up to 50,000 candidates, else the PQ fast scan + re-rank of 400")
+                   "FAISS behind Kaip's planner: exact scan up to 50,000 candidates, else the PQ fast scan + "
+                   "re-rank of 400")
+
+
+def pgvector_index(x: np.ndarray, mask: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                   ftruth: np.ndarray, url: str) -> Row:
+    """Kaip's pgvector store (`kaip.rag.pgvector.PgVectorIndex`): exact inner-product scans in PostgreSQL, filters
+    as a WHERE inside the query. Memory is the server's, not this process's."""
+    from sqlalchemy import create_engine
+
+    from kaip.rag.pgvector import PgVectorIndex, ensure_extension
+
+    engine = create_engine(url)
+    ensure_extension(engine)
+    ids = np.arange(len(x), dtype=np.int64)
+    allowed = ids[mask]
+
+    def build() -> object:
+        index, _ = PgVectorIndex.open(engine, "bench/vectors", DIM)
+        index.reset()
+        index.add(ids, x)
+        index.save(None, 1)
+        return index
+
+    def search(index: object, q: np.ndarray) -> np.ndarray:
+        return index.search(q, K)[0]  # type: ignore[attr-defined]
+
+    def fsearch(index: object, q: np.ndarray) -> np.ndarray:
+        return index.search(q, K, allowed=allowed)[0]  # type: ignore[attr-defined]
+
+    return measure("Kaip pgvector store (PostgreSQL 16, pgvector 0.6.2)", build, search, fsearch, queries, truth,
+                   ftruth, "exact scan (no HNSW: see BENCHMARKS.md); filtered: WHERE id = any(...) inside the "
+                   "query; memory column: this process only")
 
 
 # ---- end-to-end RAG overhead -------------------------------------------------------------------------------
@@ -367,8 +399,10 @@ def main() -> None:
     parser.add_argument("--ef", default="256,1024", help="HNSW search breadths to measure (comma-separated)")
     parser.add_argument("--rerank", default="200,400", help="re-ranked candidates for the PQ fast scan")
     parser.add_argument("--only", default="", help="comma-separated candidates (exact,faiss-flat,faiss-pq,faiss-hnsw,"
-                        "hnswlib,usearch,sqlite-vec,kaip,rag)")
+                        "hnswlib,usearch,sqlite-vec,kaip,pgvector,rag)")
     parser.add_argument("--rag-requests", type=int, default=200)
+    parser.add_argument("--pgvector", action="store_true", help="also measure the pgvector store (a PostgreSQL "
+                        "server from the pgserver wheel; minutes at full size)")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -413,6 +447,11 @@ def main() -> None:
             print(f"- sqlite-vec: not measured: this Python's sqlite3 cannot load extensions ({err})")
     if want("kaip"):
         rows.append(kaip_index(x, mask, queries, truth, ftruth))
+    if want("pgvector") and (args.pgvector or only):
+        from kaip.testing.postgres import temporary_postgres
+
+        with temporary_postgres(pgvector=True) as url:
+            rows.append(pgvector_index(x, mask, queries[: args.slow_queries], truth, ftruth, url))
 
     exact_qps = next((r.qps for r in rows if r.name.startswith("exact")), None)
     print(f"\n{args.n:,} unit vectors, dim {DIM}, k={K}; filter matches {SELECTIVITY:.0%} "

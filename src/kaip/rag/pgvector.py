@@ -6,10 +6,10 @@ One table per knowledge base (`vector(dim)` is typed by dimension), and one row 
 `kaip_rag_indexes` holding its stamp, written in the same transaction as the vectors — a crash leaves the old
 stamp with the old vectors, or the new with the new.
 
-Search is inner product (`<#>`, the vectors are unit length, so it is the cosine). A filter is a `WHERE` inside
-the query, with the approximate index switched off for it: pgvector's HNSW scan filters *after* the graph walk
-and can return fewer than k rows, which a filter must never do. Unfiltered queries use an HNSW index once the
-table outgrows `EXACT_BELOW`, as the FAISS index switches tiers at the same size.
+Search is exact inner product (`<#>`; the vectors are unit length, so it is the cosine), a filter a `WHERE` inside
+the query. No approximate index is built: measured on the benchmark's 100,000 vectors (BENCHMARKS.md), pgvector's
+HNSW with its default build parameters took 324 s to build and reached recall@10 0.24, and its scan filters
+*after* the graph walk, so a filtered query could return fewer than k rows — which a filter must never do.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, text
 
-from kaip.rag.index import EXACT_BELOW
-
-EF_SEARCH = 200  # HNSW search breadth for unfiltered queries on large tables
 INSERT_BATCH = 1000
 
 
@@ -55,7 +52,6 @@ class PgVectorIndex:
         self.dim = dim
         self.table = "kaip_rag_vec_" + hashlib.sha256(key.encode()).hexdigest()[:24]
         self._count = 0
-        self._hnsw = False
 
     # ---- opening ----------------------------------------------------------------------------------------------
 
@@ -70,8 +66,6 @@ class PgVectorIndex:
             if row is None or not exists or int(row[0]) != dim:
                 return index, None
             index._count = int(conn.execute(text(f"select count(*) from {index.table}")).scalar() or 0)
-            index._hnsw = bool(conn.execute(text("select 1 from pg_indexes where tablename = :t and indexname = :i"),
-                                            {"t": index.table, "i": f"{index.table}_hnsw"}).first())
         return index, int(row[1])
 
     def reset(self) -> None:
@@ -81,7 +75,7 @@ class PgVectorIndex:
             conn.execute(text(f"create table {self.table} (id bigint primary key, embedding vector({self.dim}) "
                               "not null)"))
             conn.execute(text("delete from kaip_rag_indexes where key = :k"), {"k": self.key})
-        self._count, self._hnsw = 0, False
+        self._count = 0
 
     def drop(self) -> None:
         with self.engine.begin() as conn:
@@ -124,16 +118,12 @@ class PgVectorIndex:
         q = _literal(np.asarray(query, dtype=np.float32).reshape(self.dim))
         where, params = "", {"q": q, "k": int(k)}
         if allowed is not None and len(allowed) >= self._count:
-            allowed = None  # everything is allowed (ids are unique): no filter, so the HNSW index may serve
+            allowed = None  # everything is allowed (ids are unique): no list to send
         if allowed is not None:
             if not len(allowed):
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             where, params["ids"] = "where id = any(:ids)", [int(i) for i in allowed]
-        with self.engine.begin() as conn:
-            if allowed is not None or not self._hnsw:
-                conn.execute(text("set local enable_indexscan = off"))  # exact: a filter never loses rows
-            else:
-                conn.execute(text(f"set local hnsw.ef_search = {EF_SEARCH}"))
+        with self.engine.connect() as conn:
             rows = conn.execute(text(f"select id, -(embedding <#> cast(:q as vector)) as score from {self.table} "
                                      f"{where} order by embedding <#> cast(:q as vector) limit :k"), params).all()
         return (np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float32))
@@ -141,13 +131,9 @@ class PgVectorIndex:
     # ---- the stamp ----------------------------------------------------------------------------------------------
 
     def save(self, path: Path | None, stamp: int) -> int:
-        """Record that the table reflects `stamp`, building the HNSW index once the table is large; returns the
-        table's size in bytes. (`path` is the file the FAISS index would use; unused here.)"""
+        """Record that the table reflects `stamp`; returns the table's size in bytes. (`path` is the file the FAISS
+        index would use; unused here.)"""
         with self.engine.begin() as conn:
-            if not self._hnsw and self._count > EXACT_BELOW:
-                conn.execute(text(f"create index if not exists {self.table}_hnsw on {self.table} using hnsw "
-                                  "(embedding vector_ip_ops)"))
-                self._hnsw = True
             conn.execute(text("insert into kaip_rag_indexes (key, dim, stamp) values (:k, :d, :s) on conflict (key) "
                               "do update set dim = excluded.dim, stamp = excluded.stamp"),
                          {"k": self.key, "d": self.dim, "s": int(stamp)})
