@@ -146,3 +146,57 @@ def build_tiny_llm(folder: Path) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+TOPICS = [("the clinic opens at nine", 0), ("the clinic closes at five", 0), ("models are served by runtimes", 1),
+          ("a gateway serves models", 1), ("a patient asks the nurse", 2), ("the nurse answers the patient", 2)]
+
+
+def build_tiny_bert(folder: Path, head: str = "sequence_classification") -> Path:
+    """A two-layer BERT with a WordPiece tokenizer trained on TEXT; `head` is sequence_classification (three labels
+    with id2label, trained for a moment on TOPICS: clinic 0, models 1, patient 2), token_classification, fill_mask or
+    none (BertModel); the others are randomly initialised."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+        BertModel,
+        PreTrainedTokenizerFast,
+    )
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator([TEXT], trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    torch.manual_seed(0)
+    labels = {0: "clinic", 1: "models", 2: "patient"}
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=64, pad_token_id=fast.pad_token_id,
+                        id2label=labels, label2id={v: k for k, v in labels.items()})
+    model_class = {"sequence_classification": BertForSequenceClassification, "fill_mask": BertForMaskedLM,
+                   "token_classification": BertForTokenClassification, "none": BertModel}[head]
+    model = model_class(config)
+    if head == "sequence_classification":  # a few steps of training, so that texts get the labels of their topic
+        batch = fast([t for t, _ in TOPICS], padding=True, return_tensors="pt")
+        target = torch.tensor([label for _, label in TOPICS])
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(40):
+            model(**batch, labels=target).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

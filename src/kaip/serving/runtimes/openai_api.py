@@ -1,6 +1,10 @@
 """OpenAI-compatible routes over an `Engine`, at `/openai/v1/...` as KServe's Hugging Face server has them:
 completions and chat completions (SSE streaming with `stream_options.include_usage`), embeddings, models.
-Prometheus metrics use vLLM's names, labelled `model_name`."""
+Prometheus metrics use vLLM's names, labelled `model_name`.
+
+For an encoder task the engine is an `encoder.EncoderEngine` (only `model_name`, `max_model_len`, `tokenize`,
+`embed` and `stats` are used): completions and chat answer 400 as upstream's do for a model that does not
+generate, and embeddings are served only for `text_embedding`."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kaip.serving.runtimes.engine import Engine, SamplingParams
+from kaip.serving.runtimes.tasks import TEXT_EMBEDDING, TEXT_GENERATION
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                    20.0, 40.0, 80.0)
@@ -88,8 +93,9 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
 
 
 class OpenAIServer:
-    def __init__(self, engine: Engine, registry: CollectorRegistry) -> None:
+    def __init__(self, engine: Engine, registry: CollectorRegistry, task: str = TEXT_GENERATION) -> None:
         self.engine = engine
+        self.task = task
         self.metrics = EngineMetrics(registry, engine)
 
     def routes(self) -> list[Route]:
@@ -127,6 +133,12 @@ class OpenAIServer:
         if request.path_params["name"] != self.engine.model_name:
             raise OpenAIError(f"The model `{request.path_params['name']}` does not exist.", 404, "NotFoundError")
         return JSONResponse(self._model_card())
+
+    def _require(self, tasks: tuple[str, ...], api: str) -> None:
+        """Upstream's 400 for an API the model's task does not serve."""
+        if self.task not in tasks:
+            raise OpenAIError(f"Model {self.engine.model_name} does not support {api} API (it is served for the "
+                              f"task {self.task})")
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "kaip",
@@ -197,6 +209,7 @@ class OpenAIServer:
 
     async def completions(self, request: Request) -> Response:
         body = await self._body(request)
+        self._require((TEXT_GENERATION,), "Completions")
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
@@ -212,6 +225,7 @@ class OpenAIServer:
 
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
+        self._require((TEXT_GENERATION,), "Chat Completion")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
@@ -279,6 +293,7 @@ class OpenAIServer:
 
     async def embeddings(self, request: Request) -> Response:
         body = await self._body(request)
+        self._require((TEXT_GENERATION, TEXT_EMBEDDING), "Embeddings")
         raw = body.get("input")
         texts = [raw] if isinstance(raw, str) else raw
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -286,10 +301,17 @@ class OpenAIServer:
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise OpenAIError("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+        dimensions = body.get("dimensions")
+        dim = getattr(self.engine, "embedding_dim", None)
+        if dimensions is not None and (dim is None or dimensions != dim):
+            raise OpenAIError("This model does not support 'dimensions'" if dim is None else
+                              f"This model's embeddings have {dim} dimensions and cannot be shortened: 'dimensions' "
+                              f"must be {dim} or left out", param="dimensions")
         vectors: list[Any] = await self.engine.embed(texts)
         if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
             vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
-        tokens = sum(len(self.engine.tokenize(t)) for t in texts)
+        # The tokens the model read: each text is cut at max_model_len.
+        tokens = sum(min(len(self.engine.tokenize(t)), self.engine.max_model_len) for t in texts)
         return JSONResponse({"object": "list", "model": self.engine.model_name,
                              "data": [{"object": "embedding", "index": i, "embedding": v}
                                       for i, v in enumerate(vectors)],
