@@ -309,3 +309,20 @@ def test_prediction_log_cloudevents_and_metrics(serving_server: LiveServer, iris
     assert line in metrics
     assert 'kaip_serving_replicas{inferenceservice="iris"' in metrics
     assert 'request_predict_seconds_count{' in metrics  # the runtime's own metrics, federated
+
+
+def test_host_header_routing_as_kserves_ingress(serving_server: LiveServer, iris: dict[str, Any]) -> None:
+    """`Host: {name}.{namespace}.example.com` reaches the InferenceService as its `/serving/...` path does."""
+    expected = iris["model"].predict(np.array(IRIS_ROWS)).tolist()
+    with serving_server.client() as c:
+        for host in ("iris.default.example.com", "iris-predictor.default.example.com:8080"):
+            r = c.post("/v1/models/iris:predict", json={"instances": IRIS_ROWS}, headers={"Host": host})
+            assert r.status_code == 200 and r.json() == {"predictions": expected}, r.text
+        r = c.post("/v1/models/iris:predict", json={"instances": IRIS_ROWS},
+                   headers={"Host": "nope.default.example.com"})
+        assert r.status_code == 404 and "default/nope not found" in r.text
+        assert c.get("/healthz").status_code == 200  # other hosts are the API as before
+    with httpx.Client(base_url=serving_server.url) as anonymous:
+        r = anonymous.post("/v1/models/iris:predict", json={"instances": IRIS_ROWS},
+                           headers={"Host": "iris.default.example.com"})
+        assert r.status_code == 401

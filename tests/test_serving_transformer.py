@@ -75,9 +75,9 @@ def test_transformer_schema_accepts_a_container_and_refuses_unsupported_fields_b
         namespace=None)
     assert ok["spec"]["transformer"]["containers"][0]["args"] == ["--transformer_module=/t.py"]
     msg = invalid_message(isvc({"predictor": predictor, "transformer": {
-        "containers": [{"name": "c"}], "nodeSelector": {}, "batcher": {}, "nope": 1}}))
+        "containers": [{"name": "c"}], "nodeSelector": {}, "volumes": [], "nope": 1}}))
     assert "spec.transformer.nodeSelector: not implemented" in msg
-    assert "spec.transformer.batcher: not implemented" in msg
+    assert "spec.transformer.volumes: not implemented" in msg
     assert "spec.transformer.nope: unknown field" in msg
     assert "containers: Required value" in invalid_message(isvc({"predictor": predictor, "transformer": {}}))
     canary = {"containers": [{"name": "c"}], "canaryTrafficPercent": 10}

@@ -96,9 +96,12 @@ class LoggerSpec(Schema):
 
 
 class BatcherSpec(Schema):
-    maxBatchSize: int | None = Field(default=None, ge=1)
-    maxLatency: int | None = Field(default=None, ge=1)
-    timeout: int | None = Field(default=None, ge=1)
+    """KServe's batcher: unset or non-positive values take the agent's defaults (32 instances, 5,000 ms), as
+    upstream's agent does; `timeout` is accepted and the component's `timeout` bounds the model call."""
+
+    maxBatchSize: int | None = None
+    maxLatency: int | None = None
+    timeout: int | None = None
 
 
 class ComponentSpec(_PodUnsupported):  # type: ignore[misc, valid-type]
@@ -112,7 +115,7 @@ class ComponentSpec(_PodUnsupported):  # type: ignore[misc, valid-type]
     timeout: int | None = Field(default=None, ge=1, le=INT64_MAX)
     canaryTrafficPercent: int | None = Field(default=None, ge=0, le=100)
     logger: LoggerSpec | None = None
-    batcher: Unsupported = None  # BatcherSpec, once the gateway batches
+    batcher: BatcherSpec | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
     containers: list[Container] | None = None

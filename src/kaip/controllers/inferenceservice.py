@@ -27,6 +27,7 @@ from kaip.controlplane.manager import Result
 from kaip.executor.local import LocalExecutor
 from kaip.serving import render
 from kaip.serving.autoscaler import policy_for
+from kaip.serving.batcher import BatcherSettings
 from kaip.serving.internal import explainer_route_name, internal_token, load_key, predictor_route_name
 from kaip.serving.selection import SelectionError, select_runtime
 from kaip.serving.storage import StorageError, resolve_storage_uri
@@ -211,7 +212,8 @@ class InferenceServiceReconciler:
                         timeout=float(predictor.get("timeout") or DEFAULT_TIMEOUT),
                         concurrency=int(predictor.get("containerConcurrency") or 0), public=public and not internal,
                         logger=None if internal else predictor.get("logger"), annotations=annotations,
-                        scale_metric=predictor.get("scaleMetric") or "concurrency"))
+                        scale_metric=predictor.get("scaleMetric") or "concurrency",
+                        batcher=BatcherSettings.from_spec(predictor.get("batcher"))))
         if not (transformer or explainer):
             self.system.routes.pop((namespace, predictor_route_name(name)), None)
         for component, route_name in (("transformer", name), ("explainer", explainer_route_name(name))):
@@ -222,7 +224,8 @@ class InferenceServiceReconciler:
                     timeout=float(c_spec.get("timeout") or DEFAULT_TIMEOUT),
                     concurrency=int(c_spec.get("containerConcurrency") or 0), public=public,
                     logger=c_spec.get("logger") or predictor.get("logger"), annotations=annotations,
-                    scale_metric=c_spec.get("scaleMetric") or "concurrency"))
+                    scale_metric=c_spec.get("scaleMetric") or "concurrency",
+                    batcher=BatcherSettings.from_spec(c_spec.get("batcher"))))
         if not explainer:
             self.system.routes.pop((namespace, explainer_route_name(name)), None)
 

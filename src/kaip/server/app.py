@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,15 +140,35 @@ def add_resource_api(app: FastAPI, ctx: ServerContext) -> None:
     app.include_router(ResourceAPI(ctx).router)
 
 
+def ingress_domain() -> str:
+    """The domain of KServe-style host names, `{name}.{namespace}.{domain}` (KServe's default: example.com)."""
+    return os.environ.get("KAIP_INGRESS_DOMAIN", "example.com").strip(".").lower()
+
+
+def host_route(host: bytes, domain: bytes) -> tuple[str, str] | None:
+    """(namespace, name) for a Host header `{name}.{namespace}.{domain}[:port]` (also KServe's component host
+    `{name}-predictor.…`, which Kaip serves on the same route), else None (pure)."""
+    name_ns = host.split(b":", 1)[0].lower().removesuffix(b"." + domain)
+    if len(name_ns) == len(host.split(b":", 1)[0]) or name_ns.count(b".") != 1:
+        return None
+    name, namespace = name_ns.decode("latin-1").split(".")
+    if not name or not namespace:
+        return None
+    return namespace, name.removesuffix("-predictor")
+
+
 class FastPaths:
     """Hands requests under a mounted prefix (the inference gateway at `/serving`, workbenches at `/workbenches`)
     straight to the mounted app, past FastAPI's middleware and route matching, which cost the gateway's hot path
     more than the proxying itself. The body limit still applies. Websockets (a workbench's kernels) take the same
-    path."""
+    path. A request whose Host names an InferenceService as KServe's ingress does (`iris.default.example.com`) goes
+    to the gateway as `/serving/default/iris/...`."""
 
     def __init__(self, app: ASGIApp, prefixes: dict[str, ASGIApp]) -> None:
         self.app = app
         self.prefixes = [(prefix, BodyLimit(target)) for prefix, target in prefixes.items()]
+        self.gateway = next((target for prefix, target in self.prefixes if prefix == "/serving"), None)
+        self.domain = ingress_domain().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -155,6 +176,14 @@ class FastPaths:
             for prefix, target in self.prefixes:
                 if path.startswith(prefix + "/"):
                     await target({**scope, "root_path": scope.get("root_path", "") + prefix}, receive, send)
+                    return
+            if self.gateway is not None and scope["type"] == "http":
+                host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"")
+                found = host_route(host, self.domain) if self.domain in host else None
+                if found is not None:
+                    rewritten = f"/serving/{found[0]}/{found[1]}{path}"
+                    await self.gateway({**scope, "path": rewritten, "raw_path": rewritten.encode(),
+                                        "root_path": scope.get("root_path", "") + "/serving"}, receive, send)
                     return
         await self.app(scope, receive, send)
 

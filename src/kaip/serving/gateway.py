@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from kaip.api import errors
 from kaip.serving import cloudevents
 from kaip.serving.balancer import Endpoint, pick
+from kaip.serving.batcher import Batcher, BatchError, instances_of
 from kaip.serving.internal import EXPLAINER_SUFFIX
 from kaip.serving.metrics import GatewayMetrics, protocol_of
 from kaip.serving.predictions import PredictionLog, parse_duration, payload, token_counts
@@ -118,6 +119,7 @@ class Gateway:
         self.predictions = predictions
         self._clients: dict[int, aiohttp.ClientSession] = {}
         self._freed: dict[tuple[str, str], asyncio.Event] = {}
+        self._batchers: dict[tuple[str, str, str], Batcher] = {}  # (namespace, route, revision)
         self.hooks: list[RequestHook] = []
         self.private_headers: set[bytes] = set()  # lower-case names; seen by hooks, never forwarded
         self._turn = 0
@@ -321,8 +323,11 @@ class Gateway:
         query = scope.get("query_string", b"").decode()
         url_path = rest + (f"?{query}" if query else "")
         try:
-            code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started, captured,
-                                       rewrites, public=public)
+            if route.batcher is not None and scope["method"] == "POST" and rest.endswith(":predict"):
+                code = await self._batched(send, route, revision, url_path, body, captured)
+            else:
+                code = await self._forward(scope, send, route, revision, url_path, body, req_headers, started,
+                                           captured, rewrites, public=public)
         finally:
             now = time.monotonic()
             meter.end(now)
@@ -385,6 +390,41 @@ class Gateway:
             finally:
                 self._release(route, ep)
         raise GatewayError(502, f"no replica of {revision} answered after {MAX_ATTEMPTS} attempts")
+
+    async def _batched(self, send: Send, route: Route, revision: str, url_path: str, body: bytes,
+                       captured: list[bytes]) -> int:
+        """A v1 `:predict` through the component's batcher (`batcher.py`); returns the status sent."""
+        assert route.batcher is not None
+        try:
+            instances = instances_of(body)
+        except BatchError as err:
+            raise GatewayError(err.status, str(err)) from err
+        key = (route.namespace, route.name, revision)
+        batcher = self._batchers.get(key)
+        if batcher is None or batcher.settings != route.batcher:
+
+            async def send_batch(path: str, batch_body: bytes) -> tuple[int, bytes]:
+                answer: list[bytes] = []
+                status: list[int] = []
+
+                async def capture(message: dict[str, Any]) -> None:
+                    if message["type"] == "http.response.start":
+                        status.append(message["status"])
+                    else:
+                        answer.append(message.get("body", b""))
+                code = await self._forward({"method": "POST"}, capture, route, revision, path, batch_body,
+                                           [(b"content-type", b"application/json")], time.monotonic(), [])
+                return (status[0] if status else code), b"".join(answer)
+
+            batcher = self._batchers[key] = Batcher(route.batcher, send_batch)
+        status, raw = await batcher.submit(url_path, instances)
+        if route.logger is not None:
+            captured.append(raw[:LOG_CAPTURE_LIMIT])
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                                (REVISION_HEADER, revision.encode())]})
+        await send({"type": "http.response.body", "body": raw})
+        return status
 
     @staticmethod
     async def _send_transformed(send: Send, response: aiohttp.ClientResponse, transforms: list[JsonTransform],

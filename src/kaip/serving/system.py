@@ -21,6 +21,7 @@ import httpx
 
 from kaip.serving.autoscaler import Autoscaler, ConcurrencyMeter, Policy
 from kaip.serving.balancer import Endpoint
+from kaip.serving.batcher import BatcherSettings
 from kaip.serving.internal import explainer_route_name, predictor_route_name
 from kaip.serving.traffic import Target, WeightedPicker
 
@@ -48,6 +49,7 @@ class Route:
     logger: dict[str, Any] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     scale_metric: str = "concurrency"
+    batcher: BatcherSettings | None = None  # KServe's `batcher`: v1 :predict requests batched in the gateway
     picker: WeightedPicker = field(init=False)
 
     def __post_init__(self) -> None:
