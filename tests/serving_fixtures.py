@@ -200,3 +200,43 @@ def build_tiny_bert(folder: Path, head: str = "sequence_classification") -> Path
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def build_tiny_lora(base_folder: Path, folder: Path, seed: int, r: int = 8, lora_alpha: int = 16,
+                    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")) -> Path:
+    """A PEFT LoRA adapter of the model at `base_folder` with random non-zero A and B (PEFT starts B at zero, which
+    would change nothing), saved as PEFT saves it (adapter_config.json + adapter_model.safetensors)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_folder),
+                           LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules),
+                                      task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    model.save_pretrained(folder)
+    return folder
+
+
+def merged_lora_text(base_folder: Path, adapter_folder: Path | None, messages: list[dict[str, str]],
+                     max_tokens: int) -> str:
+    """What transformers' greedy `generate` answers to a chat on the base model, or on it with the adapter merged
+    (PEFT's `merge_and_unload`): the reference for what a served adapter must say."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(base_folder)
+    model = LlamaForCausalLM.from_pretrained(base_folder)
+    if adapter_folder is not None:
+        model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
+    ids = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+              add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.eval().generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return str(tok.decode(out[0, len(ids):], skip_special_tokens=True))

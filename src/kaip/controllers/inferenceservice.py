@@ -30,7 +30,7 @@ from kaip.serving.autoscaler import policy_for
 from kaip.serving.batcher import BatcherSettings
 from kaip.serving.internal import explainer_route_name, internal_token, load_key, predictor_route_name
 from kaip.serving.selection import SelectionError, select_runtime
-from kaip.serving.storage import StorageError, resolve_storage_uri
+from kaip.serving.storage import LORA_MODULES_FLAGS, StorageError, resolve_lora_module_args, resolve_storage_uri
 from kaip.serving.system import Route, ServingSystem, free_port
 from kaip.serving.traffic import Rollout, Target, plan
 
@@ -85,6 +85,12 @@ class InferenceServiceReconciler:
             try:
                 model_dir = str(resolve_storage_uri(model["storageUri"], namespace=namespace, home=self.home,
                                                     store=self.store))
+            except StorageError as err:
+                raise ResolveError("InvalidStorageURI", str(err)) from err
+        if any(a.partition("=")[0] in LORA_MODULES_FLAGS for a in model.get("args") or []):
+            try:  # LoRA adapters' URIs, as storageUri: the replica gets local folders
+                model = {**model, "args": resolve_lora_module_args(model["args"], namespace=namespace,
+                                                                   home=self.home, store=self.store)}
             except StorageError as err:
                 raise ResolveError("InvalidStorageURI", str(err)) from err
         containers = selected.runtime["spec"]["containers"]

@@ -13,8 +13,10 @@ from kaip.serving.engine.request import EngineParams
 __all__ = ["EngineConfig", "EngineParams", "LLMEngineCore", "kaip_engine_or_reason"]
 
 
-def kaip_engine_or_reason(args: Any, dtype: str) -> tuple[Any, str | None]:
-    """Kaip's engine for the runtime's parsed args, or (None, why not) for a model it does not run."""
+def kaip_engine_or_reason(args: Any, dtype: str, lora_modules: dict[str, str] | None = None
+                          ) -> tuple[Any, str | None]:
+    """Kaip's engine for the runtime's parsed args (serving `lora_modules`, name -> PEFT folder, when not None), or
+    (None, why not) for a model it does not run."""
     from transformers import AutoConfig
 
     from kaip.serving.engine.model_runner import unsupported_reason
@@ -29,5 +31,6 @@ def kaip_engine_or_reason(args: Any, dtype: str) -> tuple[Any, str | None]:
     config = EngineConfig(max_num_seqs=getattr(args, "max_num_seqs", 32),
                           max_num_batched_tokens=getattr(args, "max_num_batched_tokens", 512),
                           kv_cache_bytes=int(getattr(args, "kv_cache_space", 1.0) * (1 << 30)),
-                          max_model_len=args.max_model_len)
-    return KaipEngine.from_pretrained(args.model_dir, args.model_name, config=config), None
+                          max_model_len=args.max_model_len, max_loras=getattr(args, "max_loras", 1),
+                          max_lora_rank=getattr(args, "max_lora_rank", 16))
+    return KaipEngine.from_pretrained(args.model_dir, args.model_name, config=config, lora_modules=lora_modules), None

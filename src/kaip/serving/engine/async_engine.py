@@ -2,7 +2,9 @@
 
 A single worker thread owns `LLMEngineCore` and steps it while there is work; the event loop only enqueues
 requests and aborts and receives tokens. When a stream's consumer goes away (client disconnect, a stop string cut
-by the server) the generator's `finally` sends an abort, and the request's KV blocks are freed at the next step."""
+by the server) the generator's `finally` sends an abort, and the request's KV blocks are freed at the next step.
+LoRA adapters (`lora_modules`, name -> PEFT folder) load with the engine; a request names its adapter with
+`lora_name`."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kaip.serving.engine.core import EngineConfig, LLMEngineCore
@@ -41,15 +44,25 @@ def to_engine_params(p: SamplingParams | EngineParams) -> EngineParams:
 class KaipEngine(TokenizerText):
     """Continuous batching over a paged KV cache for Llama-family transformers models."""
 
-    def __init__(self, model: Any, tokenizer: Any, model_name: str, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, config: EngineConfig | None = None, *,
+                 lora_modules: dict[str, str] | None = None) -> None:
         import torch
 
         self.torch = torch
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.model_dir: str | None = None
         self.core = LLMEngineCore(model, tokenizer, config)
         self.max_model_len = self.core.max_model_len
+        self.lora_modules: dict[str, str] = {}  # adapter name -> its folder (listed by /openai/v1/models)
+        self.lora_enabled = lora_modules is not None
+        for name, path in (lora_modules or {}).items():
+            if name == model_name:
+                raise ValueError(f"LoRA adapter {name!r} has the served model's name")
+            self.core.add_lora(name, path)
+            self.lora_modules[name] = path
+        self._lora_info: tuple[str, str] = ("", "")  # running, waiting adapters (vllm:lora_requests_info)
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._streams: dict[str, _Stream] = {}
         self._ids = itertools.count()
@@ -60,7 +73,8 @@ class KaipEngine(TokenizerText):
 
     @classmethod
     def from_pretrained(cls, model_dir: str, model_name: str, *, max_model_len: int | None = None,
-                        dtype: str = "float32", config: EngineConfig | None = None) -> KaipEngine:
+                        dtype: str = "float32", config: EngineConfig | None = None,
+                        lora_modules: dict[str, str] | None = None) -> KaipEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,17 +83,20 @@ class KaipEngine(TokenizerText):
         config = config or EngineConfig()
         if max_model_len:
             config = EngineConfig(**{**config.__dict__, "max_model_len": max_model_len})
-        return cls(model, tokenizer, model_name, config)
+        engine = cls(model, tokenizer, model_name, config, lora_modules=lora_modules)
+        engine.model_dir = model_dir
+        return engine
 
     # ---- generation ---------------------------------------------------------------------------------------
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams | EngineParams
-                       ) -> AsyncIterator[TokenDelta]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams | EngineParams, *,
+                       lora_name: str | None = None) -> AsyncIterator[TokenDelta]:
+        """Yield the request's tokens; `lora_name` is one of `lora_modules` (None: the base model)."""
         request_id = f"req-{next(self._ids)}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             self._streams[request_id] = stream
-        self._inbox.put(("add", (request_id, list(prompt_ids), to_engine_params(params))))
+        self._inbox.put(("add", (request_id, list(prompt_ids), to_engine_params(params), lora_name)))
         done = False
         try:
             while True:
@@ -114,9 +131,9 @@ class KaipEngine(TokenizerText):
                 return
             block = False
             if kind == "add":
-                request_id, prompt_ids, params = arg
+                request_id, prompt_ids, params, lora_name = arg
                 try:
-                    self.core.add_request(request_id, prompt_ids, params)
+                    self.core.add_request(request_id, prompt_ids, params, lora_name)
                 except ValueError as err:
                     self._emit(request_id, err)
             elif kind == "abort":
@@ -139,9 +156,19 @@ class KaipEngine(TokenizerText):
 
     def _update_stats(self) -> None:
         s = self.core.scheduler
+        lora_info = self._lora_info
+        if self.lora_enabled:  # as vLLM: comma-separated adapter names, read here where the lists are safe to read
+            lora_info = (",".join(sorted({r.lora_name for r in s.running if r.lora_name})),
+                         ",".join(sorted({r.lora_name for r in s.waiting if r.lora_name})))
         with self._lock:
             self._stats = EngineStats(running=len(s.running), waiting=len(s.waiting) + self._inbox.qsize(),
                                       kv_cache_usage=self.core.kv.usage)
+            self._lora_info = lora_info
+
+    def lora_info(self) -> tuple[str, str]:
+        """(running, waiting) LoRA adapters, comma-separated."""
+        with self._lock:
+            return self._lora_info
 
     def stats(self) -> EngineStats:
         with self._lock:
@@ -177,3 +204,9 @@ class _CacheCollector(Collector):
             c = CounterMetricFamily(name, doc, labels=["model_name", "engine"])
             c.add_metric(labels, value)
             yield c
+        if self.engine.lora_enabled:  # vLLM's info gauge: the value is the time of the reading
+            running, waiting = self.engine.lora_info()
+            g = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on LoRA requests",
+                                  labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"])
+            g.add_metric([str(core.scheduler.config.max_loras), waiting, running], time.time())
+            yield g

@@ -26,6 +26,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    max_loras: int = 1  # LoRA adapters that may run in one step (vLLM's --max-loras)
+    max_lora_rank: int = 16  # adapters of a higher rank are refused (vLLM's --max-lora-rank)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class LLMEngineCore:
             eos = tokenizer.eos_token_id
         eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
-                                                   self.max_model_len), self.kv, eos_ids)
+                                                   self.max_model_len, config.max_loras), self.kv, eos_ids)
         self.runner = LlamaRunner(model, num_blocks, config.block_size)
+        self.max_lora_rank = config.max_lora_rank
         self.sampler = Sampler()
         self.tokenizer = tokenizer
         self._detok: dict[str, IncrementalDetokenizer] = {}
@@ -64,10 +67,21 @@ class LLMEngineCore:
         per_seq = -(-self.max_model_len // config.block_size)
         return max(min(by_memory, 2 * config.max_num_seqs * per_seq), per_seq)
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: EngineParams) -> Request:
+    def add_lora(self, name: str, path: str) -> None:
+        """Serve the PEFT LoRA adapter at `path` as `name`; a LoRAError (ValueError) says why it cannot be."""
+        self.runner.add_lora(name, path, self.max_lora_rank)
+
+    @property
+    def lora_names(self) -> list[str]:
+        return list(self.runner.loras)
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: EngineParams,
+                    lora_name: str | None = None) -> Request:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
-        req = Request(request_id, list(prompt_ids), params, arrival=time.monotonic())
+        if lora_name is not None and lora_name not in self.runner.loras:
+            raise ValueError(f"unknown LoRA adapter {lora_name!r}")
+        req = Request(request_id, list(prompt_ids), params, arrival=time.monotonic(), lora_name=lora_name)
         self.scheduler.add_request(req)
         if self.tokenizer is not None:
             self._detok[request_id] = IncrementalDetokenizer(self.tokenizer, prompt_ids)
@@ -124,10 +138,13 @@ class LLMEngineCore:
         detok = self._detok.get(req.request_id)
         return detok is not None and any(s in detok.text for s in req.params.stop)
 
-    def generate_all(self, prompts: list[list[int]], params: EngineParams) -> list[list[int]]:
-        """Run prompts to completion (tests, offline batch); returns the generated ids per prompt."""
-        ids = [f"batch-{i}" for i in range(len(prompts))]
-        reqs = [self.add_request(rid, p, params) for rid, p in zip(ids, prompts, strict=True)]
+    def generate_all(self, prompts: list[list[int]], params: EngineParams,
+                     lora_names: list[str | None] | None = None) -> list[list[int]]:
+        """Run prompts to completion (tests, offline batch), each with its LoRA adapter (None: the base model);
+        returns the generated ids per prompt."""
+        names: list[str | None] = lora_names or [None] * len(prompts)
+        reqs = [self.add_request(f"batch-{i}", p, params, name)
+                for i, (p, name) in enumerate(zip(prompts, names, strict=True))]
         while self.has_work:
             self.step()
         return [r.output_token_ids for r in reqs]

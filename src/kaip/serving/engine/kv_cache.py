@@ -2,9 +2,10 @@
 
 The cache tensors themselves live in the model runner; this manager only hands out block ids, so that the
 scheduler can decide admission and preemption without touching torch. Prefix caching follows vLLM: a full block is
-named by the hash of its tokens chained with its parent block's hash, so the same prefix gives the same names;
-a freed block keeps its name until it is reused, and free blocks are reused least recently freed first (LRU), so a
-shared system prompt stays cached while it keeps being asked for."""
+named by the hash of its tokens chained with its parent block's hash (and the request's LoRA adapter, whose K/V
+differ from the base model's), so the same prefix gives the same names; a freed block keeps its name until it is
+reused, and free blocks are reused least recently freed first (LRU), so a shared system prompt stays cached while it
+keeps being asked for."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ class _Block:
     block_hash: int | None = None
 
 
-def hash_block(parent: int | None, tokens: tuple[int, ...]) -> int:
-    return hash((parent, tokens))
+def hash_block(parent: int | None, tokens: tuple[int, ...], extra: str | None = None) -> int:
+    """The name of a full block. `extra` is what else its K/V depend on (the LoRA adapter, as vLLM's extra keys):
+    the same tokens under another adapter are other K/V and must never be shared."""
+    return hash((parent, tokens)) if extra is None else hash((parent, tokens, extra))
 
 
 class KVCacheManager:
@@ -63,7 +66,7 @@ class KVCacheManager:
         while (len(req.block_hashes) + 1) * bs <= len(tokens):
             i = len(req.block_hashes)
             parent = req.block_hashes[-1] if req.block_hashes else None
-            req.block_hashes.append(hash_block(parent, tuple(tokens[i * bs:(i + 1) * bs])))
+            req.block_hashes.append(hash_block(parent, tuple(tokens[i * bs:(i + 1) * bs]), req.lora_name))
 
     def get_computed_blocks(self, req: Request) -> list[int]:
         """The longest run of cached full blocks that prefixes the request's tokens. At least one token is always

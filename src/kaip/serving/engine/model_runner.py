@@ -8,7 +8,11 @@ sampled go through the final norm and the LM head, which at 49k-token vocabulari
 Gathers copy whole blocks with `index_select` (several times cheaper than advanced indexing per slot here).
 
 Weights are taken from the transformers model (fused QKV and gate/up copies), so whatever loads in transformers
-(safetensors, GGUF) runs here; RoPE comes from the model's own rotary module, so its scaling variants carry over."""
+(safetensors, GGUF) runs here; RoPE comes from the model's own rotary module, so its scaling variants carry over.
+
+Multi-LoRA: each request may run with a LoRA adapter (`lora.py`). After each fused projection, the rows (tokens) of
+an adapter's requests get its delta, `(x[rows] @ A.T) @ B.T`, added with `index_add_` (a plain add when every row of
+the step uses it); a step where no request has an adapter does no LoRA work at all."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kaip.serving.engine.lora import LlamaLayout, LoRAAdapter, load_adapter
 from kaip.serving.engine.scheduler import ScheduledRequest
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -79,6 +84,16 @@ class LlamaRunner:
         shape = (len(self.layers), slots, self.num_kv_heads, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.dtype)
         self.v_cache = torch.zeros(shape, dtype=self.dtype)
+        self.layout = LlamaLayout(len(self.layers), cfg.hidden_size, self.num_heads * self.head_dim,
+                                  self.num_kv_heads * self.head_dim, cfg.intermediate_size)
+        self.loras: dict[str, LoRAAdapter] = {}
+        self.lora_steps = 0  # steps that applied LoRA deltas (a base-only step never does)
+
+    def add_lora(self, name: str, path: str, max_rank: int = 16) -> LoRAAdapter:
+        """Load a PEFT LoRA adapter under `name`; LoRAError (a ValueError) says why one cannot be served."""
+        adapter = load_adapter(name, path, self.layout, max_rank=max_rank, dtype=self.dtype)
+        self.loras[name] = adapter
+        return adapter
 
     @staticmethod
     def kv_bytes_per_token(config: Any, dtype_bytes: int = 4) -> int:
@@ -110,6 +125,7 @@ class LlamaRunner:
             positions.extend(range(s.start, s.start + s.num_tokens))
             slot_parts.append(self._slots(block_tables[s.request.request_id], s.start, s.start + s.num_tokens))
         slot_mapping = torch.cat(slot_parts)
+        loras = self._lora_rows(order) if self.loras else []
         pos = torch.tensor(positions, dtype=torch.long)
         h = F.embedding(torch.tensor(ids, dtype=torch.long), self.embed)
         cos, sin = self.rotary(h[None], pos[None])
@@ -145,6 +161,8 @@ class LlamaRunner:
         for li, layer in enumerate(self.layers):
             x = self._rms(h, layer.in_norm)
             qkv = F.linear(x, layer.qkv)
+            if loras:
+                _add_lora(qkv, x, loras, li, "qkv")
             q = qkv[:, :H * hd].view(-1, H, hd)
             k = qkv[:, H * hd:(H + KVH) * hd].view(-1, KVH, hd)
             v = qkv[:, (H + KVH) * hd:].view(-1, KVH, hd)
@@ -173,10 +191,20 @@ class LlamaRunner:
                     op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=gqa)
                 outs.append(op[0].transpose(0, 1).reshape(n, H * hd))
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)
-            h = h + F.linear(attn, layer.o)
+            o = F.linear(attn, layer.o)
+            if loras:
+                _add_lora(o, attn, loras, li, "o")
+            h = h + o
             x = self._rms(h, layer.post_norm)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer.down)
+            gate_up = F.linear(x, layer.gate_up)
+            if loras:
+                _add_lora(gate_up, x, loras, li, "gate_up")
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate) * up
+            down = F.linear(act, layer.down)
+            if loras:
+                _add_lora(down, act, loras, li, "down")
+            h = h + down
 
         # rows to sample, in the caller's batch order
         row_of: dict[str, int] = {}
@@ -189,6 +217,33 @@ class LlamaRunner:
             return torch.empty(0, self.lm_head.shape[0], dtype=self.dtype)
         last = self._rms(h[rows], self.final_norm)
         return F.linear(last, self.lm_head)
+
+    def _lora_rows(self, order: list[ScheduledRequest]) -> list[tuple[LoRAAdapter, torch.Tensor | None]]:
+        """(adapter, its rows in the flat batch, or None when it has them all) for each adapter in the step."""
+        rows: dict[str, list[int]] = {}
+        offset = 0
+        for s in order:
+            if s.request.lora_name is not None:
+                rows.setdefault(s.request.lora_name, []).extend(range(offset, offset + s.num_tokens))
+            offset += s.num_tokens
+        if not rows:
+            return []
+        self.lora_steps += 1
+        return [(self.loras[name], None if len(r) == offset else torch.tensor(r, dtype=torch.long))
+                for name, r in rows.items()]
+
+
+def _add_lora(out: torch.Tensor, x: torch.Tensor, loras: list[tuple[LoRAAdapter, torch.Tensor | None]], layer: int,
+              group: str) -> None:
+    """Add each adapter's delta of one fused projection to its rows of `out` (in place)."""
+    for adapter, rows in loras:
+        w = adapter.layers[layer].get(group)
+        if w is None:  # the adapter does not target this projection (or layer)
+            continue
+        if rows is None:
+            out.add_(F.linear(F.linear(x, w.a), w.b))
+        else:
+            out.index_add_(0, rows, F.linear(F.linear(x.index_select(0, rows), w.a), w.b))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ class Request:
     num_preemptions: int = 0
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     block_hashes: list[int] = field(default_factory=list)  # hashes of the full blocks of all_token_ids
+    lora_name: str | None = None  # the LoRA adapter it runs with (None: the base model)
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -6,7 +6,9 @@ step gives every running request the tokens it is missing (one for a decoding re
 prefilling one) under one token budget, so long prompts are chunked and mixed with decodes instead of stalling
 them. Running requests go first (they hold KV blocks), then waiting ones in arrival order. When the cache is full,
 the most recently admitted running request is preempted: its blocks are freed and it is recomputed later from its
-tokens (prefix caching usually gives most of them back)."""
+tokens (prefix caching usually gives most of them back). At most `max_loras` distinct LoRA adapters are among the
+running requests (the base model does not count), as vLLM's `--max-loras`: a request for one more keeps its place in
+the queue while the requests behind it that fit are admitted (the one exception to first come, first served)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class SchedulerConfig:
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 512
     max_model_len: int = 2048
+    max_loras: int = 1  # distinct LoRA adapters among running requests (vLLM's --max-loras); the base is free
 
 
 class Scheduler:
@@ -121,21 +124,29 @@ class Scheduler:
         return out
 
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            req = self.waiting[0]
+        i = 0
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting[i]
+            if req.lora_name is not None and not self._lora_fits(req.lora_name):
+                i += 1  # as vLLM: it keeps its place, and those behind it that fit go on
+                continue
             hits = self.kv.get_computed_blocks(req)
             computed = len(hits) * self.kv.block_size
             n = min(req.num_tokens - computed, budget)
             if not self.kv.allocate_slots(req, n, hits):
                 break  # FCFS: nobody overtakes the head of the queue
             self.kv.record_lookup(req.num_tokens, computed)
-            self.waiting.popleft()
+            del self.waiting[i]
             req.num_computed_tokens = computed
             req.num_cached_prompt_tokens = computed
             req.status = Status.RUNNING
             self.running.append(req)
             out.scheduled.append(self._take(req, n))
             budget -= n
+
+    def _lora_fits(self, name: str) -> bool:
+        active = {r.lora_name for r in self.running if r.lora_name is not None}
+        return name in active or len(active) < self.config.max_loras
 
     def _take(self, req: Request, n: int) -> ScheduledRequest:
         start = req.num_computed_tokens

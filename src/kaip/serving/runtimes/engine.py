@@ -100,6 +100,7 @@ class TransformersEngine(TokenizerText):
 
         self.torch = torch
         self.model_name = model_name
+        self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
         self.model.eval()

@@ -2,7 +2,8 @@
 names or the model's architecture implies (`tasks.py`). Text generation: a causal LM behind the `Engine` seam, with
 OpenAI's API (completions, chat, embeddings, models) plus KServe's health and model-ready routes. Encoder tasks
 (text_embedding, sequence_classification, token_classification, fill_mask; `encoder.py`): KServe v1 `:predict` and
-Open Inference v2 `infer` on texts, and OpenAI's embeddings and models."""
+Open Inference v2 `infer` on texts, and OpenAI's embeddings and models. With `--enable_lora`, the LoRA adapters of
+`--lora_modules NAME=PATH …` are served beside the base model (Kaip's paged engine only), each under its name."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kaip.serving.runtimes.engine import Engine, TransformersEngine
 from kaip.serving.runtimes.openai_api import OpenAIServer
 from kaip.serving.runtimes.server import Model, build_app, parse_args, serve
 from kaip.serving.runtimes.tasks import TEXT_GENERATION, resolve_task
+from kaip.serving.storage import LORA_MODULES_FLAGS, parse_lora_module
 
 NO_VLLM = "--backend=vllm needs vLLM, which is not installed here; use --backend=huggingface"
 
@@ -43,6 +45,33 @@ def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_num_seqs", type=int, default=32)
     parser.add_argument("--max_num_batched_tokens", type=int, default=512)
     parser.add_argument("--kv_cache_space", type=float, default=1.0, help="GiB of KV cache (the Kaip engine)")
+    # Multi-LoRA, with vLLM's flags (either spelling)
+    parser.add_argument("--enable_lora", "--enable-lora", action="store_true", help="serve LoRA adapters")
+    parser.add_argument(*LORA_MODULES_FLAGS, dest="lora_modules", nargs="+", action="extend", default=[],
+                        metavar="NAME=PATH", help="LoRA adapters (PEFT folders), each served under its NAME")
+    parser.add_argument("--max_loras", "--max-loras", type=int, default=1,
+                        help="LoRA adapters that may run in the same batch (vLLM's default: 1)")
+    parser.add_argument("--max_lora_rank", "--max-lora-rank", type=int, default=16,
+                        help="adapters of a higher rank are refused")
+
+
+def lora_modules_of(args: Any) -> dict[str, str] | None:
+    """The adapters to serve (name -> folder), or None when LoRA is not enabled."""
+    modules = getattr(args, "lora_modules", None) or []
+    if not getattr(args, "enable_lora", False):
+        if modules:
+            raise RuntimeError("--lora_modules needs --enable_lora")
+        return None
+    if getattr(args, "max_loras", 1) < 1:
+        raise RuntimeError("--max_loras must be at least 1")
+    out: dict[str, str] = {}
+    for value in modules:
+        name, path = parse_lora_module(value)
+        if name in out or name == args.model_name:
+            raise RuntimeError(f"--lora_modules: the name {name!r} is used twice (adapters and the served model "
+                               "need distinct names)")
+        out[name] = path
+    return out
 
 
 def make_engine(args: Any) -> Engine:
@@ -51,13 +80,21 @@ def make_engine(args: Any) -> Engine:
     if args.backend == "vllm":
         raise RuntimeError(NO_VLLM)
     dtype = "float32" if args.dtype == "auto" else args.dtype
+    loras = lora_modules_of(args)
+    reason = "--backend=huggingface" if args.backend != "auto" else "KAIP_LLM_ENGINE=reference"
     if args.backend == "auto" and os.environ.get("KAIP_LLM_ENGINE", "kaip") != "reference":
         from kaip.serving.engine import kaip_engine_or_reason
 
-        engine, reason = kaip_engine_or_reason(args, dtype)
+        engine, why = kaip_engine_or_reason(args, dtype, loras)
         if engine is not None:
             return engine
-        print(f"kaip-huggingface: using the reference transformers engine: {reason}", file=sys.stderr, flush=True)
+        reason = why or reason
+        if loras is None:
+            print(f"kaip-huggingface: using the reference transformers engine: {reason}", file=sys.stderr,
+                  flush=True)
+    if loras is not None:
+        raise RuntimeError(f"--enable_lora needs Kaip's paged engine (Llama-family models in float32), which is not "
+                           f"used here ({reason}); the reference transformers engine does not serve LoRA adapters")
     return TransformersEngine(args.model_dir, args.model_name, max_model_len=args.max_model_len, dtype=dtype)
 
 
@@ -75,6 +112,9 @@ def load(args: Any) -> tuple[str, Any, Model]:
         return task, engine, LLMModel(engine)
     if args.backend == "vllm":  # make_engine says so for generation
         raise RuntimeError(NO_VLLM)
+    if getattr(args, "enable_lora", False) or getattr(args, "lora_modules", None):
+        raise RuntimeError(f"--enable_lora serves LoRA adapters of text-generation models; this model is served "
+                           f"for the task {task}")
     encoder = EncoderEngine(args.model_dir, args.model_name, task, max_model_len=args.max_model_len,
                             dtype="float32" if args.dtype == "auto" else args.dtype,
                             add_special_tokens=not args.disable_special_tokens)

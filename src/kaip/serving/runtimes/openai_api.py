@@ -4,7 +4,10 @@ Prometheus metrics use vLLM's names, labelled `model_name`.
 
 For an encoder task the engine is an `encoder.EncoderEngine` (only `model_name`, `max_model_len`, `tokenize`,
 `embed` and `stats` are used): completions and chat answer 400 as upstream's do for a model that does not
-generate, and embeddings are served only for `text_embedding`."""
+generate, and embeddings are served only for `text_embedding`.
+
+Multi-LoRA, as vLLM: an engine with `lora_modules` (name -> folder) serves each adapter under its name; the request's
+`model` picks the base model or an adapter, and `/models` lists the adapters with `parent` = the base model."""
 
 from __future__ import annotations
 
@@ -122,17 +125,29 @@ class OpenAIServer:
         if not isinstance(body, dict):
             raise OpenAIError("the request body must be a JSON object")
         model = body.get("model")
-        if model is not None and model != self.engine.model_name:
+        if model is not None and model != self.engine.model_name and model not in self._adapters:
             raise OpenAIError(f"The model `{model}` does not exist.", 404, "NotFoundError", "model")
         return body
 
+    @property
+    def _adapters(self) -> dict[str, str]:
+        """LoRA adapters the engine serves: name -> folder (none for engines without LoRA)."""
+        return getattr(self.engine, "lora_modules", None) or {}
+
+    def _lora(self, body: dict[str, Any]) -> str | None:
+        """The adapter the request's `model` names (None: the base model)."""
+        model = body.get("model")
+        return model if model is not None and model != self.engine.model_name else None
+
     async def models(self, _request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [self._model_card()]})
+        return JSONResponse({"object": "list", "data": [self._model_card()] + [
+            self._model_card(name) for name in self._adapters]})
 
     async def model(self, request: Request) -> Response:
-        if request.path_params["name"] != self.engine.model_name:
-            raise OpenAIError(f"The model `{request.path_params['name']}` does not exist.", 404, "NotFoundError")
-        return JSONResponse(self._model_card())
+        name = request.path_params["name"]
+        if name != self.engine.model_name and name not in self._adapters:
+            raise OpenAIError(f"The model `{name}` does not exist.", 404, "NotFoundError")
+        return JSONResponse(self._model_card(None if name == self.engine.model_name else name))
 
     def _require(self, tasks: tuple[str, ...], api: str) -> None:
         """Upstream's 400 for an API the model's task does not serve."""
@@ -140,9 +155,12 @@ class OpenAIServer:
             raise OpenAIError(f"Model {self.engine.model_name} does not support {api} API (it is served for the "
                               f"task {self.task})")
 
-    def _model_card(self) -> dict[str, Any]:
-        return {"id": self.engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "kaip",
-                "max_model_len": self.engine.max_model_len}
+    def _model_card(self, adapter: str | None = None) -> dict[str, Any]:
+        """vLLM's card: `root` is where the model was loaded from; an adapter's `parent` is the base model."""
+        base = self.engine.model_name
+        root = self._adapters[adapter] if adapter else getattr(self.engine, "model_dir", None) or base
+        return {"id": adapter or base, "object": "model", "created": int(time.time()), "owned_by": "kaip",
+                "root": root, "parent": base if adapter else None, "max_model_len": self.engine.max_model_len}
 
     def _params(self, body: dict[str, Any], default_max: int) -> SamplingParams:
         if body.get("n", 1) != 1:
@@ -164,7 +182,7 @@ class OpenAIServer:
                               f"you requested {len(prompt_ids) + params.max_tokens} tokens ({len(prompt_ids)} in "
                               f"the messages, {params.max_tokens} in the completion).", param="max_tokens")
 
-    async def _run(self, prompt_ids: list[int], params: SamplingParams, stops: list[str]
+    async def _run(self, prompt_ids: list[int], params: SamplingParams, stops: list[str], lora: str | None = None
                    ) -> AsyncIterator[tuple[str, str | None, int]]:
         """Yield (text delta, finish reason, tokens so far); stop strings are cut, with text held back while it
         could still be the start of one."""
@@ -176,7 +194,10 @@ class OpenAIServer:
         hold = max((len(s) for s in stops), default=1) - 1
         labels = self.metrics.labels
         self.metrics.prompt_tokens.labels(*labels).inc(len(prompt_ids))
-        gen = self.engine.generate(prompt_ids, params)
+        if lora:  # only an engine that lists adapters is given one (the Engine protocol's generate has no LoRA)
+            gen = self.engine.generate(prompt_ids, params, lora_name=lora)  # type: ignore[call-arg]
+        else:
+            gen = self.engine.generate(prompt_ids, params)
         try:
             async for delta in gen:
                 now = time.monotonic()
@@ -246,11 +267,12 @@ class OpenAIServer:
         stops = _stop_list(body.get("stop"))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        model = self.engine.model_name
+        lora = self._lora(body)
+        model = lora or self.engine.model_name  # as vLLM: the adapter's name when one generated
         obj = "chat.completion" if chat else "text_completion"
         if not body.get("stream"):
             parts, finish, n = [], "length", 0
-            async for text, reason, count in self._run(prompt_ids, params, stops):
+            async for text, reason, count in self._run(prompt_ids, params, stops, lora):
                 n = count
                 parts.append(text)
                 finish = reason or finish
@@ -276,7 +298,7 @@ class OpenAIServer:
                 yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}])
             n = 0
-            async for text, reason, count in self._run(prompt_ids, params, stops):
+            async for text, reason, count in self._run(prompt_ids, params, stops, lora):
                 n = count
                 if chat:
                     delta = {"content": text} if text else {}
@@ -294,6 +316,9 @@ class OpenAIServer:
     async def embeddings(self, request: Request) -> Response:
         body = await self._body(request)
         self._require((TEXT_GENERATION, TEXT_EMBEDDING), "Embeddings")
+        if self._lora(body):
+            raise OpenAIError(f"The LoRA adapter `{body['model']}` does not serve embeddings; ask the base model "
+                              f"`{self.engine.model_name}`", param="model")
         raw = body.get("input")
         texts = [raw] if isinstance(raw, str) else raw
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
