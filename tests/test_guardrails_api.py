@@ -219,6 +219,8 @@ def test_token_required(env: tuple[LiveServer, Stub, str]) -> None:
                       ).status_code == 401
         assert c.post("/api/v1/text/contents", headers={"detector-id": "pii"}, json={"contents": ["x"]}
                       ).status_code == 401
+        assert c.post("/api/v2/text/detection/stream-content", headers={"content-type": "application/x-ndjson"},
+                      content=b'{"detectors": {"pii": {}}, "content": "x"}\n').status_code == 401
 
 
 # ---- orchestrator API -----------------------------------------------------------------------------------
@@ -287,6 +289,25 @@ def test_detection_chat_generated_context(env: tuple[LiveServer, Stub, str]) -> 
     ("/api/v1/task/classification-with-text-generation",
      {"model_id": "m", "inputs": "abc", "guardrail_config": {"input": {"models": {}, "masks": [[2, 9]]}}}, 422,
      "invalid masks"),
+    ("/api/v1/task/server-streaming-classification-with-text-generation",
+     {"model_id": "m", "inputs": "abc", "guardrail_config": {"input": {"models": {}, "masks": [[2, 9]]}}}, 422,
+     "invalid masks"),
+    ("/api/v1/task/server-streaming-classification-with-text-generation",
+     {"model_id": "m", "inputs": "abc", "guardrail_config": {"output": {"models": {"no-such": {}}}}}, 404,
+     "detector `no-such` not found"),
+    ("/api/v1/task/server-streaming-classification-with-text-generation", {"model_id": "m", "inputs": ""}, 422,
+     "`inputs` is required"),
+    ("/api/v2/text/generation-detection", {"model_id": "m", "prompt": "x", "detectors": {}}, 422,
+     "`detectors` is required"),
+    ("/api/v2/text/generation-detection", {"model_id": "", "prompt": "x", "detectors": {"hap": {}}}, 422,
+     "`model_id` is required"),
+    ("/api/v2/text/generation-detection", {"prompt": "x", "detectors": {"hap": {}}}, 422, "missing field `model_id`"),
+    ("/api/v2/text/generation-detection", {"model_id": "m", "prompt": "x", "detectors": {"no-such": {}}}, 404,
+     "detector `no-such` not found"),
+    ("/api/v2/text/generation-detection", {"model_id": "m", "prompt": "x", "detectors": {"built-in-detector": {}}},
+     422, "detector `built-in-detector` is not supported by this endpoint"),
+    ("/api/v2/text/generation-detection", {"model_id": "m", "prompt": "x", "detectors": {"hap": {}}, "extra_args": 1},
+     422, "unknown field `extra_args`, expected one of `model_id`, `prompt`, `detectors`, `text_gen_parameters`"),
 ])
 def test_orchestrator_bad_input(env: tuple[LiveServer, Stub, str], path: str, body: Any, code: int,
                                 details: str | None) -> None:
@@ -370,6 +391,155 @@ def test_streaming_completions_detection(env: tuple[LiveServer, Stub, str]) -> N
     text = "".join(ch["text"] for e in events for ch in e["choices"])
     assert text == LEAKY
     assert any(e.get("warnings") for e in events)
+
+
+# ---- streamed content detection, generation with detection, streamed classification ----------------------
+
+NDJSON = {"content-type": "application/x-ndjson"}
+STREAM_CONTENT = "/api/v2/text/detection/stream-content"
+STREAMING_CLASSIFICATION = "/api/v1/task/server-streaming-classification-with-text-generation"
+
+
+def ndjson(*messages: Any) -> Iterator[bytes]:
+    """A request body streamed as NDJSON, one message a chunk."""
+    for message in messages:
+        yield (message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n"
+
+
+def ndjson_lines(text: str) -> list[Any]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """(event type, parsed data) of each server-sent event."""
+    out = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            out.append((fields.get("event", "message"), json.loads(fields["data"])))
+    return out
+
+
+def test_stream_content_detection_windows(env: tuple[LiveServer, Stub, str]) -> None:
+    live, _, _ = env
+    parts = ["Hi, my SSN is 123-", "45-6789. You are a fucking", " idiot. Thanks"]
+    with live.client() as c:
+        r = c.post(STREAM_CONTENT, headers=NDJSON, content=ndjson(
+            {"detectors": {"pii": {}, "hap": {}}, "content": parts[0]}, *({"content": p} for p in parts[1:])))
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        results = ndjson_lines(r.text)
+        text = "".join(parts)
+        # one result per window (a sentence), which tile the whole text
+        windows = [text[x["start_index"]:x["processed_index"]] for x in results]
+        assert windows == ["Hi, my SSN is 123-45-6789. ", "You are a fucking idiot. ", "Thanks"]
+        for x in results:
+            conforms(ORCH, "DetectionContentStreamResponse", x)
+        # the SSN split across two messages is one span; spans are relative to their window, as upstream's
+        (ssn,) = results[0]["detections"]
+        assert (ssn["detector_id"], ssn["detection"], ssn["text"]) == ("pii", "social_security_number", "123-45-6789")
+        assert windows[0][ssn["start"]:ssn["end"]] == "123-45-6789"
+        assert {d["detector_id"] for d in results[1]["detections"]} == {"hap"}
+        assert results[2]["detections"] == []
+        # a clean stream: every window, no detections
+        r = c.post(STREAM_CONTENT, headers=NDJSON, content=ndjson(
+            {"detectors": {"pii": {}, "hap": {}}, "content": CLEAN[:30]}, {"content": CLEAN[30:]}))
+        results = ndjson_lines(r.text)
+        assert r.status_code == 200 and results[-1]["processed_index"] == len(CLEAN)
+        assert all(x["detections"] == [] for x in results)
+
+
+@pytest.mark.parametrize(("headers", "lines", "code", "details"), [
+    ({"content-type": "application/json"}, [{"detectors": {"pii": {}}, "content": "x"}], 415,
+     "expected application/x-ndjson"),
+    (NDJSON, [b"{not json"], 422, "expecting property name enclosed in double quotes at line 1 column 2"),
+    (NDJSON, [], 422, "`detectors` is required for the first message"),
+    (NDJSON, [{"content": "x"}], 422, "`detectors` is required for the first message"),
+    (NDJSON, [{"detectors": {}, "content": "x"}], 422, "`detectors` must not be empty"),
+    (NDJSON, [{"detectors": {"no-such": {}}, "content": "x"}], 404, "detector `no-such` not found"),
+    (NDJSON, [{"detectors": {"pii": {}}, "content": ""}], 422, "`content` cannot be empty"),
+    (NDJSON, [{"detectors": {"pii": {}}, "content": "x", "extra": 1}], 422,
+     "unknown field `extra`, expected one of `content`, `detectors`"),
+    (NDJSON, [{"detectors": {"pii": {"threshold": "high"}}, "content": "x"}], 422,
+     "`threshold` parameter specified for model `pii` must be a number"),
+    (NDJSON, [["x"]], 422, "invalid type: sequence, expected a map"),
+])
+def test_stream_content_bad_first_message(env: tuple[LiveServer, Stub, str], headers: dict[str, str],
+                                          lines: list[Any], code: int, details: str) -> None:
+    live, _, _ = env
+    with live.client() as c:
+        r = c.post(STREAM_CONTENT, headers=headers, content=ndjson(*lines))
+    assert r.status_code == code, r.text
+    assert r.json() == {"code": code, "details": details}
+    conforms(ORCH, "Error", r.json())
+
+
+def test_stream_content_later_error_ends_the_stream(env: tuple[LiveServer, Stub, str]) -> None:
+    live, _, _ = env  # as upstream: once the answer has started, an error is its last line
+    with live.client() as c:
+        r = c.post(STREAM_CONTENT, headers=NDJSON, content=ndjson(
+            {"detectors": {"pii": {}}, "content": "My SSN is 123-45-6789. "}, b"nope", {"content": "more"}))
+    assert r.status_code == 200
+    *results, error = ndjson_lines(r.text)
+    assert results[0]["detections"][0]["detection"] == "social_security_number"
+    assert error == {"code": 422, "details": "expecting value at line 1 column 1"}
+
+
+def test_generation_detection(env: tuple[LiveServer, Stub, str]) -> None:
+    live, stub, _ = env
+    with live.client() as c:
+        r = c.post("/api/v2/text/generation-detection", json={
+            "model_id": "stub", "prompt": "please be rude", "detectors": {"hap": {}, "pii": {}},
+            "text_gen_parameters": {"max_new_tokens": 30}})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        # upstream's output behaviour (no Kaip action configured: flag): the text with its detections
+        assert body["generated_text"] == TOXIC and body["input_token_count"] == 10
+        assert {(d["detector_id"], d["detection_type"]) for d in body["detections"]} == {("hap", "hap")}
+        assert stub.requests[-1]["prompt"] == "please be rude" and stub.requests[-1]["max_tokens"] == 30
+        r = c.post("/api/v2/text/generation-detection", json={
+            "model_id": "stub", "prompt": "What is my deductible?", "detectors": {"hap": {}, "pii": {}}})
+        assert r.json() == {"generated_text": CLEAN, "detections": [], "input_token_count": 10}
+
+
+def test_streaming_classification_windows(env: tuple[LiveServer, Stub, str]) -> None:
+    live, stub, _ = env
+    with live.client() as c:
+        r = c.post(STREAMING_CLASSIFICATION, json={
+            "model_id": "stub", "inputs": "who is on file",
+            "guardrail_config": {"input": {"models": {"prompt-injection": {}}}, "output": {"models": {"pii": {}}}}})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+        assert "[DONE]" not in r.text  # upstream's stream just ends
+        events = sse_events(r.text)
+        assert {kind for kind, _ in events} == {"message"}
+        results = [data for _, data in events]
+        for x in results:
+            conforms(ORCH, "ClassifiedGeneratedTextStreamResult", x)
+        # flag (upstream's): all of the text, window by window, with each window's output results
+        assert "".join(x["generated_text"] for x in results) == LEAKY
+        assert [(x["start_index"], x["processed_index"]) for x in results] == [
+            (x["start_index"], x["start_index"] + len(x["generated_text"])) for x in results]
+        assert results[0]["start_index"] == 0 and results[-1]["processed_index"] == len(LEAKY)
+        found = [(x["generated_text"], t) for x in results for t in x["token_classification_results"]["output"]]
+        assert {t["entity"] for _, t in found} == {"email_address", "social_security_number"}
+        for window, t in found:
+            assert window[t["start"]:t["end"]] == t["word"]  # relative to the window, as upstream
+        assert results[-1]["finish_reason"] == "EOS_TOKEN"
+        # no output detectors: the model's chunks are forwarded as they come
+        r = c.post(STREAMING_CLASSIFICATION, json={"model_id": "stub", "inputs": "What is my deductible?"})
+        results = [data for _, data in sse_events(r.text)]
+        assert len(results) > 3 and "".join(x["generated_text"] for x in results) == CLEAN
+        assert all(x["token_classification_results"] == {} for x in results)
+        # an input detection: one result with UNSUITABLE_INPUT, and the model is not called
+        before = len(stub.requests)
+        r = c.post(STREAMING_CLASSIFICATION, json={
+            "model_id": "stub", "inputs": "My SSN is 123-45-6789",
+            "guardrail_config": {"input": {"models": {"pii": {}}}, "output": {"models": {"hap": {}}}}})
+        ((kind, only),) = sse_events(r.text)
+        assert len(stub.requests) == before
+        assert kind == "message" and only["warnings"][0]["id"] == "UNSUITABLE_INPUT"
+        assert only["token_classification_results"]["input"][0]["word"] == "123-45-6789"
+        conforms(ORCH, "ClassifiedGeneratedTextStreamResult", only)
 
 
 # ---- a GuardrailsOrchestrator, and the openai client against its guarded endpoint ------------------------
@@ -501,6 +671,46 @@ def test_openai_client_streaming_never_streams_blocked_text(env: tuple[LiveServe
     assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == CLEAN
 
 
+def test_streamed_and_generation_routes_apply_the_orchestrators_policy(env: tuple[LiveServer, Stub, str],
+                                                                       gorch: str) -> None:
+    live, _, _ = env  # the config's output policy: hap block, pii redact
+    request = {"model_id": "stub", "inputs": "please be rude",
+               "guardrail_config": {"output": {"models": {"hap": {}, "pii": {}}}}}
+    with live.client() as c:
+        # streamed: the window that hap flags is never sent; the fallback takes its place and the stream ends
+        r = c.post(gorch + STREAMING_CLASSIFICATION, json=request)
+        assert r.status_code == 200, r.text
+        assert "fucking" not in r.text and "idiot" not in r.text and "deductible" not in r.text
+        results = [data for _, data in sse_events(r.text)]
+        for x in results:
+            conforms(ORCH, "ClassifiedGeneratedTextStreamResult", x)
+        last = results[-1]
+        assert last["generated_text"] == "Unsuitable output detected." and last["finish_reason"] == "CANCELLED"
+        assert last["token_classification_results"]["output"][0]["entity_group"] == "hap"
+        # redacted windows are sent with placeholders, and their results do not quote the text either
+        r = c.post(gorch + STREAMING_CLASSIFICATION, json={**request, "inputs": "who is on file"})
+        results = [data for _, data in sse_events(r.text)]
+        assert "".join(x["generated_text"] for x in results) == ("Sure. The member on file is reachable at [EMAIL] "
+                                                                  "and her SSN is [SSN].")
+        assert "123-45-6789" not in r.text and "jane.roe" not in r.text
+        # the unary route: the same policy, and its results do not quote what was withheld
+        r = c.post(gorch + "/api/v1/task/classification-with-text-generation", json=request)
+        assert r.json()["generated_text"] == "Unsuitable output detected." and "fucking" not in r.text
+        # generation-detection: text_generation results have no span to redact, so hap's block and pii's redact
+        # both withhold the text, and the evidence does not quote it
+        for prompt, word in (("please be rude", "fucking"), ("who is on file", "123-45-6789")):
+            r = c.post(gorch + "/api/v2/text/generation-detection", json={
+                "model_id": "stub", "prompt": prompt, "detectors": {"hap": {}, "pii": {}}})
+            assert r.status_code == 200, r.text
+            assert r.json()["generated_text"] == "Unsuitable output detected." and r.json()["detections"]
+            assert word not in r.text
+        # streamed content detection through the orchestrator's path (its own detectors: member ids)
+        r = c.post(gorch + STREAM_CONTENT, headers=NDJSON, content=ndjson(
+            {"detectors": {"pii": {}}, "content": "Member EVM-10"}, {"content": "0231 here."}))
+        assert r.status_code == 200, r.text
+        assert ndjson_lines(r.text)[0]["detections"][0]["detection"] == "member_id"
+
+
 def test_per_orchestrator_api_and_namespace_access(env: tuple[LiveServer, Stub, str], gorch: str) -> None:
     live, _, _ = env
     with live.client() as c:
@@ -513,7 +723,9 @@ def test_per_orchestrator_api_and_namespace_access(env: tuple[LiveServer, Stub, 
     issued, _ = live.server.authorizer.issue("system:serviceaccount:default:outsider-sa")
     with live.client(token=issued) as c:
         r = c.post(gorch + "/api/v2/text/detection/content", json={"detectors": {"pii": {}}, "content": "x"})
-    assert r.status_code == 403
+        assert r.status_code == 403
+        r = c.post(gorch + STREAM_CONTENT, headers=NDJSON, content=ndjson({"detectors": {"pii": {}}, "content": "x"}))
+        assert r.status_code == 403
 
 
 def test_detection_metric(env: tuple[LiveServer, Stub, str], gorch: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kaip.api import errors
@@ -48,15 +49,72 @@ async def _authenticate(ctx: ServerContext, request: Request, namespace: str | N
         raise errors.ApiError(403, "Forbidden", f'User "{ident.user}" has no role in the namespace "{namespace}"')
 
 
-def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def _sse(chunks: AsyncIterator[dict[str, Any]], *, upstream_errors: bool = False) -> StreamingResponse:
+    """Server-sent events. `upstream_errors`: the v1 streaming route's framing, as upstream's orchestrator writes
+    it — an error is an `event: error` whose data is the Error itself, and no `[DONE]` ends the stream."""
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
         except OrchestratorError as err:
-            yield f"data: {json.dumps({'error': err.to_json()})}\n\n".encode()
-        yield b"data: [DONE]\n\n"
+            if upstream_errors:
+                yield f"event: error\ndata: {json.dumps(err.to_json())}\n\n".encode()
+            else:
+                yield f"data: {json.dumps({'error': err.to_json()})}\n\n".encode()
+        if not upstream_errors:
+            yield b"data: [DONE]\n\n"
     return StreamingResponse(body(), media_type="text/event-stream")
+
+
+NDJSON = "application/x-ndjson"
+
+
+def _json_line(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:  # serde_json's wording: "expected value at line 1 column 1"
+        raise OrchestratorError(422, f"{err.msg[:1].lower()}{err.msg[1:]} at line {err.lineno} column "
+                                     f"{err.colno}") from err
+    except UnicodeDecodeError as err:
+        raise OrchestratorError(422, f"invalid UTF-8: {err}") from err
+
+
+async def _ndjson_request(request: Request) -> AsyncIterator[Any]:
+    """The objects of an NDJSON request body, one a line, each as soon as its line is complete."""
+    buffer = b""
+    async for data in request.stream():
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield _json_line(line)
+    if buffer.strip():
+        yield _json_line(buffer)
+
+
+class _DuplexResponse(StreamingResponse):
+    """A streamed answer to a request that is still streaming in. Starlette's StreamingResponse watches for a
+    disconnect by reading the request (ASGI before 2.4, as uvicorn serves), which would take the body's chunks
+    from the handler still reading them; here only the handler reads, and its reads see a disconnect."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError as err:
+            raise ClientDisconnect() from err
+
+
+def _ndjson(results: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """NDJSON, as upstream answers /stream-content: an object a line; an error ends the stream as an Error line."""
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for item in results:
+                yield (json.dumps(item) + "\n").encode()
+        except OrchestratorError as err:
+            yield (json.dumps(err.to_json()) + "\n").encode()
+        except ClientDisconnect:
+            return
+    return _DuplexResponse(body(), media_type=NDJSON)
 
 
 async def _first(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -84,11 +142,11 @@ def orchestrator_routes(router: APIRouter, prefix: str, resolve: Callable[[Reque
                         *, guarded_openai: bool) -> None:
     """Add the orchestrator API under `prefix`. `resolve` authenticates and finds the orchestrator."""
 
-    def route(path: str, handler: Handler) -> None:
+    def route(path: str, handler: Handler, *, json_body: bool = True) -> None:
         async def endpoint(request: Request) -> Response:
             try:
                 orchestrator = await resolve(request)
-                body = await _json(request)
+                body = await _json(request) if json_body else None
                 return await handler(orchestrator, body, request)
             except OrchestratorError as err:
                 return _error(err)
@@ -122,6 +180,21 @@ def orchestrator_routes(router: APIRouter, prefix: str, resolve: Callable[[Reque
     async def classification(o: Orchestrator, body: Any, _r: Request) -> Response:
         return JSONResponse(await o.classification_with_text_generation(body))
 
+    async def classification_stream(o: Orchestrator, body: Any, _r: Request) -> Response:
+        return _sse(await _first(o.classification_with_text_generation_stream(body)), upstream_errors=True)
+
+    async def generation(o: Orchestrator, body: Any, _r: Request) -> Response:
+        return JSONResponse(await o.generation_with_detection(body))
+
+    async def stream_content(o: Orchestrator, _body: Any, request: Request) -> Response:
+        if not (request.headers.get("content-type") or "").startswith(NDJSON):
+            raise OrchestratorError(415, f"expected {NDJSON}")
+        try:
+            results = await o.open_content_stream(_ndjson_request(request))
+        except ClientDisconnect:  # gone before its first message: no one to answer
+            return Response(status_code=400)
+        return _ndjson(results)
+
     route("/api/v2/text/detection/content", content)
     route("/api/v2/text/detection/chat", chat)
     route("/api/v2/text/detection/generated", generated)
@@ -129,6 +202,9 @@ def orchestrator_routes(router: APIRouter, prefix: str, resolve: Callable[[Reque
     route("/api/v2/chat/completions-detection", chat_completions)
     route("/api/v2/text/completions-detection", completions)
     route("/api/v1/task/classification-with-text-generation", classification)
+    route("/api/v1/task/server-streaming-classification-with-text-generation", classification_stream)
+    route("/api/v2/text/generation-detection", generation)
+    route("/api/v2/text/detection/stream-content", stream_content, json_body=False)
     if guarded_openai:
         async def guarded_chat(o: Orchestrator, body: Any, r: Request) -> Response:
             return await chat_completions(o, body, r, policy=True)

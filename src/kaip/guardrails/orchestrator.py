@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -122,9 +123,27 @@ class Outcome:
         for d in self.detections:
             item = d.orchestrator_json()
             if hide and self.actions[id(d)] in ("block", "redact") and "text" in item:
-                item["text"] = PLACEHOLDERS.get(d.detection, f"[{d.detection.upper()}]")
+                item["text"] = _placeholder(d)
             out.append(item)
         return out
+
+
+@dataclass
+class Released:
+    """One window of a streamed text after the detectors saw it (`Orchestrator.guard_windows`)."""
+
+    index: int  # the choice's index
+    start: int  # where the window starts in the choice's whole text, in characters
+    text: str  # the window as the model (or client) wrote it
+    content: str  # what may be delivered of it: the text, its redaction, or the fallback message
+    outcome: Outcome | None  # None: not checked (no detectors, or only whitespace)
+    finish_reason: str | None
+    role: str | None
+    chunk: dict[str, Any]  # the chunk that completed the window
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
 
 
 DetectionHook = Callable[[str, str, str, int], None]  # detector_id, direction, action, count
@@ -418,9 +437,57 @@ class Orchestrator:
                                 outputs: list[Selected]) -> AsyncIterator[dict[str, Any]]:
         """Streamed chat chunks from the model with the output policy applied, one window at a time. Chunks
         without choices (a usage chunk) pass through."""
+        check = (lambda text: self._guard_output_text(outputs, text, request["messages"])) if outputs else None
+        async for item in self.guard_windows(chunks, check):
+            if isinstance(item, dict):
+                yield item
+                continue
+            extra: dict[str, Any] = {}
+            reason = item.finish_reason
+            if item.outcome is not None and item.outcome.detections:
+                extra = {"detections": {OUTPUT: [{"choice_index": item.index,
+                                                  "results": item.outcome.results(hide=True)}]},
+                         "warnings": [{"type": "UNSUITABLE_OUTPUT", "message": UNSUITABLE_OUTPUT_MESSAGE}]}
+                if item.outcome.blocked:
+                    reason = "content_filter"
+            delta: dict[str, Any] = {"content": item.content}
+            if item.role:
+                delta["role"] = item.role
+            base = {k: item.chunk.get(k) for k in ("id", "object", "created", "model")}
+            yield {**base, "choices": [{"index": item.index, "delta": delta, "logprobs": None,
+                                        "finish_reason": reason}], **extra}
+
+    async def guard_windows(self, chunks: AsyncIterator[dict[str, Any]], check: Callable[[str], Outcome] | None
+                            ) -> AsyncIterator[Released | dict[str, Any]]:
+        """The windowing every streamed route shares: each choice's `delta.content` is cut into windows (`Window`),
+        each window is checked by `check` (in a thread; None: not checked) and then released with what may be
+        delivered of it. After a window whose outcome blocks, that choice releases nothing more. A chunk without
+        choices that carries usage is passed through as it is."""
         windows: dict[int, Window] = {}
+        offsets: dict[int, int] = {}
         stopped: set[int] = set()
         last: dict[str, Any] = {}
+
+        async def release(chunk: dict[str, Any], index: int, segments: list[str], finish_reason: str | None,
+                          role: str | None) -> AsyncIterator[Released]:
+            if not segments and finish_reason is None and role is None:
+                return
+            pieces = segments or [""]  # a finish_reason or role with no text yet still goes out
+            for n, segment in enumerate(pieces):
+                outcome, content = None, segment
+                if check is not None and segment.strip():
+                    outcome = await run_in_threadpool(check, segment)
+                    if outcome.detections:
+                        content = self._apply_output(segment, outcome)
+                    if outcome.blocked:
+                        stopped.add(index)
+                start = offsets.get(index, 0)
+                offsets[index] = start + len(segment)
+                yield Released(index, start, segment, content, outcome,
+                               finish_reason if n == len(pieces) - 1 else None, role, chunk)
+                if index in stopped:
+                    return
+
         async for chunk in chunks:
             if not chunk.get("choices"):
                 if chunk.get("usage") is not None:
@@ -436,41 +503,12 @@ class Orchestrator:
                 ready = window.feed(delta.get("content") or "")
                 if choice.get("finish_reason"):
                     ready += window.flush()
-                async for out in self._release(chunk, i, ready, outputs, request, stopped,
-                                               choice.get("finish_reason"), delta.get("role")):
+                async for out in release(chunk, i, ready, choice.get("finish_reason"), delta.get("role")):
                     yield out
         for i, window in windows.items():
             if i not in stopped:
-                async for out in self._release(last, i, window.flush(), outputs, request, stopped, None, None):
+                async for out in release(last, i, window.flush(), None, None):
                     yield out
-
-    async def _release(self, chunk: dict[str, Any], index: int, segments: list[str], outputs: list[Selected],
-                       request: dict[str, Any], stopped: set[int], finish_reason: str | None,
-                       role: str | None) -> AsyncIterator[dict[str, Any]]:
-        base = {k: chunk.get(k) for k in ("id", "object", "created", "model")}
-        if not segments and finish_reason is None and role is None:
-            return
-        pieces = segments or [""]
-        for n, segment in enumerate(pieces):
-            content = segment
-            extra: dict[str, Any] = {}
-            reason = finish_reason if n == len(pieces) - 1 else None
-            if outputs and segment.strip():
-                result = await run_in_threadpool(self._guard_output_text, outputs, segment, request["messages"])
-                if result.detections:
-                    extra = {"detections": {OUTPUT: [{"choice_index": index, "results": result.results(hide=True)}]},
-                             "warnings": [{"type": "UNSUITABLE_OUTPUT", "message": UNSUITABLE_OUTPUT_MESSAGE}]}
-                    content = self._apply_output(segment, result)
-                    if result.blocked:
-                        stopped.add(index)
-                        reason = "content_filter"
-            delta: dict[str, Any] = {"content": content}
-            if role:
-                delta["role"] = role
-            yield {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}],
-                   **extra}
-            if index in stopped:
-                return
 
     # ---- text completions with detection --------------------------------------------------------------
 
@@ -560,7 +598,8 @@ class Orchestrator:
 
     # ---- v1 classification with text generation -------------------------------------------------------
 
-    async def classification_with_text_generation(self, body: Any) -> dict[str, Any]:
+    def _prepare_classification(self, body: Any) -> tuple[list[tuple[int, int]], list[Selected], list[Selected]]:
+        """Upstream's checks of a GuardrailsHttpRequest: the masks and the input and output detectors."""
         check_fields(body, required=("model_id", "inputs"), optional=("guardrail_config", "text_gen_parameters"),
                      types={"model_id": str, "inputs": str, "guardrail_config": dict, "text_gen_parameters": dict})
         if not body["model_id"]:
@@ -577,48 +616,188 @@ class Orchestrator:
             raise OrchestratorError(422, "invalid masks")
         inputs = self.select(input_cfg.get("models") or {}, (TEXT_CONTENTS,), INPUT)
         outputs = self.select(output_cfg.get("models") or {}, (TEXT_CONTENTS,), OUTPUT)
-        backend = self._backend()
-        input_tokens = len(inputs_text.split())
-        result: dict[str, Any] = {"input_token_count": input_tokens, "token_classification_results": {}}
-        if inputs:
-            found: list[dict[str, Any]] = []
-            ranges = [tuple(m) for m in masks] or [(0, len(inputs_text))]
-            for start, end in ranges:
-                outcome = await run_in_threadpool(self.run_contents, inputs, inputs_text[start:end], INPUT)
-                for d in outcome.detections:
-                    found.append(_token_result(d, start))
-            if found:
-                result["token_classification_results"] = {INPUT: found}
-                result["warnings"] = [{"id": "UNSUITABLE_INPUT", "message": UNSUITABLE_INPUT_MESSAGE}]
-                return result
-        params = body.get("text_gen_parameters") or {}
-        request = {"model": body["model_id"], "prompt": inputs_text,
-                   "max_tokens": params.get("max_new_tokens", 64)}
+        return [(m[0], m[1]) for m in masks], inputs, outputs
+
+    async def _classify_input(self, text: str, masks: list[tuple[int, int]], inputs: list[Selected]
+                              ) -> list[dict[str, Any]]:
+        """Input detections over the masked ranges (the whole text without masks), as TokenClassificationResults
+        with offsets into the whole text."""
+        found: list[dict[str, Any]] = []
+        for start, end in masks or [(0, len(text))]:
+            outcome = await run_in_threadpool(self.run_contents, inputs, text[start:end], INPUT)
+            found += _token_results(outcome, start)
+        return found
+
+    @staticmethod
+    def _generation_request(model_id: str, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Upstream's text_gen_parameters as an OpenAI completions request to the generation backend."""
+        request = {"model": model_id, "prompt": prompt, "max_tokens": params.get("max_new_tokens", 64)}
         for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
                              ("stop_sequences", "stop")):
             if ours in params:
                 request[theirs] = params[ours]
+        return request
+
+    @staticmethod
+    def _generate_error(err: BackendError, model_id: str) -> OrchestratorError:
+        return OrchestratorError(err.status if err.status in (400, 404, 422, 503) else 500,
+                                 f"generate request failed for `{model_id}`: {err}")
+
+    async def classification_with_text_generation(self, body: Any) -> dict[str, Any]:
+        masks, inputs, outputs = self._prepare_classification(body)
+        backend = self._backend()
+        inputs_text: str = body["inputs"]
+        input_tokens = len(inputs_text.split())
+        result: dict[str, Any] = {"input_token_count": input_tokens, "token_classification_results": {}}
+        if inputs:
+            found = await self._classify_input(inputs_text, masks, inputs)
+            if found:
+                result["token_classification_results"] = {INPUT: found}
+                result["warnings"] = [{"id": "UNSUITABLE_INPUT", "message": UNSUITABLE_INPUT_MESSAGE}]
+                return result
+        request = self._generation_request(body["model_id"], inputs_text, body.get("text_gen_parameters") or {})
         try:
             completion = await backend.completions(request)
         except BackendError as err:
-            raise OrchestratorError(err.status if err.status in (400, 404, 422, 503) else 500,
-                                    f"generate request failed for `{body['model_id']}`: {err}") from err
+            raise self._generate_error(err, body["model_id"]) from err
         choice = (completion.get("choices") or [{}])[0]
         text = choice.get("text") or ""
         usage = completion.get("usage") or {}
-        result.update(generated_text=text,
-                      finish_reason="MAX_TOKENS" if choice.get("finish_reason") == "length" else "EOS_TOKEN",
+        result.update(generated_text=text, finish_reason=_finish_reason(choice.get("finish_reason")),
                       generated_token_count=int(usage.get("completion_tokens") or len(text.split())),
                       input_token_count=int(usage.get("prompt_tokens") or input_tokens))
         if outputs and text:
             outcome = await run_in_threadpool(self.run_contents, outputs, text, OUTPUT)
             if outcome.detections:
-                result["token_classification_results"] = {OUTPUT: [_token_result(d, 0) for d in outcome.detections]}
-                if outcome.blocked:
-                    result["generated_text"] = self.config.fallback_output
-                elif outcome.to_redact():
-                    result["generated_text"] = redact(text, outcome.to_redact())
+                # blocked or redacted text is not delivered, so its results show the placeholder
+                result["token_classification_results"] = {OUTPUT: _token_results(outcome, 0, hide=True)}
+                result["generated_text"] = self._apply_output(text, outcome)
         return result
+
+    async def classification_with_text_generation_stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+        """/api/v1/task/server-streaming-classification-with-text-generation: ClassifiedGeneratedTextStreamResults.
+        An input detection is one result with UNSUITABLE_INPUT and nothing is generated. Without output detectors
+        the model's chunks are forwarded as they come; with them, the text goes out one window at a time (the
+        windows of the streaming completions routes), each with its `start_index`, `processed_index` and output
+        results (spans relative to the window, as upstream). A window that an output `block` stops is replaced by
+        the fallback message with `finish_reason: CANCELLED`, and the stream ends there."""
+        masks, inputs, outputs = self._prepare_classification(body)
+        backend = self._backend()
+        model_id, inputs_text = body["model_id"], body["inputs"]
+        input_tokens = len(inputs_text.split())
+        if inputs:
+            found = await self._classify_input(inputs_text, masks, inputs)
+            if found:
+                yield {"input_token_count": input_tokens, "token_classification_results": {INPUT: found},
+                       "warnings": [{"id": "UNSUITABLE_INPUT", "message": UNSUITABLE_INPUT_MESSAGE}]}
+                return
+        request = self._generation_request(model_id, inputs_text, body.get("text_gen_parameters") or {})
+        generated = 0  # chunks with text so far: a token each from vLLM's stream
+
+        async def counted() -> AsyncIterator[dict[str, Any]]:
+            nonlocal generated
+            async for chunk in backend.stream_completions(request):
+                generated += sum(1 for c in (chunk.get("choices") or [])[:1] if c.get("text"))
+                yield chunk
+
+        try:
+            if not outputs:
+                async for chunk in counted():
+                    for choice in (chunk.get("choices") or [])[:1]:  # upstream generates one sequence
+                        out = {"generated_text": choice.get("text") or "", "token_classification_results": {},
+                               "input_token_count": input_tokens, "generated_token_count": generated}
+                        if choice.get("finish_reason"):
+                            out["finish_reason"] = _finish_reason(choice["finish_reason"])
+                        yield out
+                return
+            check = partial(self.run_contents, outputs, direction=OUTPUT)
+            async for item in self.guard_windows(_text_to_chat(counted()), check):
+                if not isinstance(item, Released) or item.index != 0 or not (item.text or item.finish_reason):
+                    continue
+                out = {"generated_text": item.content,
+                       "token_classification_results": {OUTPUT: _token_results(item.outcome, 0, hide=True)},
+                       "input_token_count": input_tokens, "generated_token_count": generated,
+                       "start_index": item.start, "processed_index": item.end}
+                if item.outcome is not None and item.outcome.blocked:
+                    out["finish_reason"] = "CANCELLED"  # the orchestrator stopped the generation
+                elif item.finish_reason:
+                    out["finish_reason"] = _finish_reason(item.finish_reason)
+                yield out
+        except BackendError as err:
+            raise self._generate_error(err, model_id) from err
+
+    # ---- generation with detection --------------------------------------------------------------------
+
+    async def generation_with_detection(self, body: Any) -> dict[str, Any]:
+        """/api/v2/text/generation-detection: generate, then run text_generation detectors on (prompt, text)."""
+        check_fields(body, required=("model_id", "prompt", "detectors"), optional=("text_gen_parameters",),
+                     types={"model_id": str, "prompt": str, "detectors": dict, "text_gen_parameters": dict})
+        for key in ("model_id", "prompt", "detectors"):
+            if not body[key]:
+                raise OrchestratorError(422, f"`{key}` is required")
+        selected = self.select(body["detectors"], (TEXT_GENERATION,), OUTPUT)
+        backend = self._backend()
+        prompt: str = body["prompt"]
+        request = self._generation_request(body["model_id"], prompt, body.get("text_gen_parameters") or {})
+        try:
+            completion = await backend.completions(request)
+        except BackendError as err:
+            raise self._generate_error(err, body["model_id"]) from err
+        text = ((completion.get("choices") or [{}])[0].get("text")) or ""
+        usage = completion.get("usage") or {}
+        outcome = await run_in_threadpool(self._run_other, selected, lambda spec, p: spec.detector.detect_generation(
+            prompt, text, p), OUTPUT)
+        # Kaip's output actions: text_generation detections carry no span to redact, so a `redact` withholds the
+        # text as a `block` does (fail closed), and either hides what the detections' evidence quotes.
+        withheld = {id(d) for d in outcome.detections if outcome.actions[id(d)] in ("block", "redact")}
+        return {"generated_text": self.config.fallback_output if withheld else text,
+                "detections": [_spanless(d, hide=id(d) in withheld) for d in outcome.detections],
+                "input_token_count": int(usage.get("prompt_tokens") or len(prompt.split()))}
+
+    # ---- streamed content detection -------------------------------------------------------------------
+
+    async def open_content_stream(self, messages: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
+        """/api/v2/text/detection/stream-content. `messages`: the request's objects as they arrive. The first is
+        read and checked here (so that its problems are the caller's 4xx); the answer is the stream of
+        DetectionContentStreamResponses, one per window of the text so far (the streaming routes' windows), with
+        `start_index` and `processed_index` into the whole text and spans relative to the window, as upstream. A
+        later message's problem ends that stream with an OrchestratorError."""
+        first = await anext(messages, None)
+        if first is not None:
+            _stream_message(first)
+        if first is None or first.get("detectors") is None:
+            raise OrchestratorError(422, "`detectors` is required for the first message")
+        if not first["detectors"]:
+            raise OrchestratorError(422, "`detectors` must not be empty")
+        # detection only: nothing is delivered, so nothing is blocked
+        selected = [replace(s, action="flag") for s in self.select(first["detectors"], (TEXT_CONTENTS,))]
+        return self._content_windows(selected, first["content"], messages)
+
+    async def _content_windows(self, selected: list[Selected], first: str, messages: AsyncIterator[Any]
+                               ) -> AsyncIterator[dict[str, Any]]:
+        async def as_chunks() -> AsyncIterator[dict[str, Any]]:
+            yield {"choices": [{"index": 0, "delta": {"content": first}}]}
+            async for message in messages:
+                _stream_message(message)
+                yield {"choices": [{"index": 0, "delta": {"content": message["content"]}}]}
+
+        async for item in self.guard_windows(as_chunks(), partial(self.run_contents, selected)):
+            if isinstance(item, Released) and item.text:
+                found = item.outcome.detections if item.outcome is not None else []
+                yield {"detections": [d.orchestrator_json() for d in found], "processed_index": item.end,
+                       "start_index": item.start}
+
+
+def _stream_message(message: Any) -> None:
+    """One message of /stream-content: serde's checks of StreamingContentDetectionRequest, then upstream's."""
+    check_fields(message, required=("content",), optional=("detectors",),
+                 types={"content": str, "detectors": dict})
+    if not message["content"]:
+        raise OrchestratorError(422, "`content` cannot be empty")
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "MAX_TOKENS" if reason == "length" else "EOS_TOKEN"
 
 
 def _struct(value: Any, where: str) -> dict[str, Any]:
@@ -630,15 +809,39 @@ def _struct(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _token_result(d: Detection, offset: int) -> dict[str, Any]:
-    return {"start": (d.start or 0) + offset, "end": (d.end or 0) + offset, "word": d.text or "",
-            "entity": d.detection, "entity_group": d.detection_type, "score": round(float(d.score), 6)}
+def _placeholder(d: Detection) -> str:
+    return PLACEHOLDERS.get(d.detection, f"[{d.detection.upper()}]")
 
 
-def _spanless(d: Detection) -> dict[str, Any]:
+def _token_results(outcome: Outcome | None, offset: int, *, hide: bool = False) -> list[dict[str, Any]]:
+    """TokenClassificationResults; `hide` replaces the word of a blocked or redacted span by its placeholder."""
+    out = []
+    for d in outcome.detections if outcome is not None else []:
+        hidden = hide and outcome is not None and outcome.actions[id(d)] in ("block", "redact")
+        out.append({"start": (d.start or 0) + offset, "end": (d.end or 0) + offset,
+                    "word": _placeholder(d) if hidden else d.text or "", "entity": d.detection,
+                    "entity_group": d.detection_type, "score": round(float(d.score), 6)})
+    return out
+
+
+def _spanless(d: Detection, *, hide: bool = False) -> dict[str, Any]:
+    """A spanless detection with its detector's id; `hide` replaces the values its evidence quotes."""
     out = d.spanless_json()
     if d.detector_id:
         out["detector_id"] = d.detector_id
+    if hide and out.get("evidence"):
+        out["evidence"] = _hide_evidence(out["evidence"], _placeholder(d))
+    return out
+
+
+def _hide_evidence(evidence: list[Any], placeholder: str) -> list[Any]:
+    out = []
+    for e in evidence:
+        if isinstance(e, dict):
+            e = {**e, **({"value": placeholder} if "value" in e else {})}
+            if isinstance(e.get("evidence"), list):
+                e["evidence"] = _hide_evidence(e["evidence"], placeholder)
+        out.append(e)
     return out
 
 
