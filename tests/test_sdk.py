@@ -40,6 +40,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
             write_jsonl(faq_conversations(), root / "faq.jsonl"))
 
 
+def test_a_fine_tune_writes_registry_models_and_paths_as_trainjob_storage_uris(tmp_path: Path) -> None:
+    """A TrainJob's storageUri is `scheme://...` (upstream's CEL rule): the SDK takes `models:/NAME/VERSION` from
+    users and writes `models://NAME/VERSION`; a local path becomes `file:///...`; a name starts with a letter."""
+    from kaip.sdk.training import _slug, _storage_uri
+
+    assert _storage_uri("models:/faq-base@base", "base_model") == "models://faq-base@base"
+    assert _storage_uri("models://faq-base/2", "base_model") == "models://faq-base/2"
+    assert _storage_uri(tmp_path, "dataset") == f"file://{tmp_path}"
+    assert _slug("2_train") == "train" and _slug("sft-Chat Bot") == "sft-chat-bot"
+
+
 def test_the_package_exports_the_sdk() -> None:
     import kaip.sdk
 

@@ -289,7 +289,7 @@ def test_missing_dataset_and_model_fail_with_reason(api: httpx.Client, tmp_path:
     job["spec"]["initializer"] = {"dataset": {"storageUri": f"file://{tmp_path}/missing.jsonl"}}
     assert api.post(TRAINJOBS, json=job).status_code == 201
     job = trainjob("no-model", ["python", "-c", "pass"])
-    job["spec"]["initializer"] = {"model": {"storageUri": "models:/never-registered/1"}}
+    job["spec"]["initializer"] = {"model": {"storageUri": "models://never-registered/1"}}
     assert api.post(TRAINJOBS, json=job).status_code == 201
     failed = condition(wait_for(lambda: finished(api, f"{TRAINJOBS}/no-dataset"), "the job to fail"), "Failed")
     assert failed and failed["reason"] == "DatasetNotFound" and "missing.jsonl does not exist" in failed["message"]

@@ -84,6 +84,46 @@ def test_unimplemented_fields_are_refused_with_their_paths() -> None:
             "spec.pytorchReplicaSpecs.Master.restartPolicy"} <= set(found)
 
 
+def test_storage_uris_follow_upstreams_rule() -> None:
+    """`scheme://...` or empty (Kubeflow Trainer's CEL rule): the registry's models are written models://N/V."""
+    for uri in ("models://chat/1", "models://chat@champion", "file:///data/train.jsonl", "hf://org/model", ""):
+        doc = trainjob(numNodes=1)
+        doc["spec"]["initializer"] = {"model": {"storageUri": uri}, "dataset": {"storageUri": uri}}
+        validate_document(TRAIN_JOB, doc, namespace="default")
+    for uri, hint in (("models:/chat/1", "write models://NAME/VERSION"), ("/data/model", "write file:///path"),
+                      ("chat", "")):
+        doc = trainjob(numNodes=1)
+        doc["spec"]["initializer"] = {"model": {"storageUri": uri}}
+        message = causes(TRAIN_JOB, doc)["spec.initializer.model.storageUri"]
+        assert "storageUri may be empty, or it must be a valid URI (scheme://...)" in message and hint in message
+
+
+def test_trainjob_names_are_rfc1035_labels() -> None:
+    doc = trainjob(numNodes=1)
+    doc["metadata"]["name"] = "9-lives"
+    assert "metadata.name must match RFC 1035 DNS label format" in causes(TRAIN_JOB, doc)["metadata.name"]
+
+
+def test_trainjob_spec_is_immutable_once_created_but_suspend_is_not(tmp_path: Path) -> None:
+    from kaip.api.core import NAMESPACE
+    from kaip.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'kaip.db'}")
+    store.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+    created = store.create(TRAIN_JOB, validate_document(TRAIN_JOB, trainjob(numNodes=1), namespace="default"))
+    resumed = copy.deepcopy(created)
+    resumed["spec"]["suspend"] = True
+    store.update(TRAIN_JOB, resumed)
+    resized = copy.deepcopy(created)
+    resized["metadata"].pop("resourceVersion")
+    resized["spec"]["trainer"]["numNodes"] = 2
+    with pytest.raises(ApiError) as err:
+        store.update(TRAIN_JOB, resized)
+    assert err.value.code == 422 and [(c.field, c.message) for c in err.value.causes] == [
+        ("spec.trainer", 'Invalid value: "object": field is immutable')]
+    store.close()
+
+
 # ---- environment ----------------------------------------------------------------------------------------------
 
 

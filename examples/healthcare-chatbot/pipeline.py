@@ -65,8 +65,11 @@ def fine_tune(train: Input[Dataset], base_model: str, queue: str, experiment: st
                                                  "kaip.dev/experiment": experiment,
                                                  "pipelines.kaip.dev/run": run}},
            "spec": {"runtimeRef": {"name": "kaip-lora-sft"},
+                    # a TrainJob's storageUri is `scheme://...` (upstream's rule): models:/N@A is written models://N@A
                     "initializer": {"dataset": {"storageUri": "file://" + os.path.abspath(train.path)},
-                                    "model": {"storageUri": base_model}},
+                                    "model": {"storageUri": "models://" + base_model.removeprefix("models:/")
+                                              if base_model.startswith("models:/") and "://" not in base_model
+                                              else base_model}},
                     "trainer": {"numNodes": 1, "numProcPerNode": 1,
                                 "resourcesPerNode": {"requests": {"cpu": cpu, "memory": "6Gi"}},
                                 "args": ["--max-steps", str(max_steps), "--learning-rate", str(learning_rate),

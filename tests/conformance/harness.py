@@ -10,8 +10,9 @@ Kinds are discovered from Kaip's kinds registry; each kind outside Kaip's own gr
   unless `x-kubernetes-preserve-unknown-fields: true` says otherwise;
 - `format: int32` / `int64` bound integers (the API server cannot decode a larger number into the Go type).
 
-CEL rules (`x-kubernetes-validations`) are not evaluated: jsonschema cannot, and they are listed per kind in the
-docs as rules Kaip must implement itself (see docs/conformance.md).
+CEL rules (`x-kubernetes-validations`), which jsonschema cannot evaluate, are evaluated by `conformance.cel`
+(cel-python), walking the document alongside the schema (`cel_violations`); `upstream_rejects` is everything
+upstream refuses: the structural schema's reasons or, when there are none, the CEL rules' messages.
 
 `bounded` trims a schema for document generation (depth, list and map sizes, string lengths), so that
 hypothesis-jsonschema produces small documents quickly.
@@ -31,7 +32,7 @@ import pkgutil
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel
 
 import kaip.api
+from conformance import cel
 from kaip.api.errors import ApiError
 from kaip.api.kinds import REGISTRY, KindInfo
 from kaip.api.validation import validate_document
@@ -139,15 +141,14 @@ EXTRA_RULES: dict[str, tuple[Rule, ...]] = {
     ),
 }
 EXTRA_RULES["serving.kserve.io/ClusterServingRuntime"] = EXTRA_RULES["serving.kserve.io/ServingRuntime"]
-_KUEUE_CEL = "Kueue's CEL rule on the CRD (x-kubernetes-validations), which the schema checks do not evaluate"
+# Kueue's CEL rules on the CRDs (x-kubernetes-validations) are not listed here: the suite evaluates them itself
+# (conformance/cel.py), so a document that breaks one is one upstream refuses, not a check beyond the CRD.
 _KUEUE_WEBHOOK = "Kueue's validating webhook"
 _QUOTA = "spec.resourceGroups[*].flavors[*].resources[*]"
 _RANGE = ("quantity out of range", "Kaip refuses decimal exponents beyond ±64 rather than expand them (quota is "
           "kept exact, in milli-units)")
 _RESOURCE_GROUP_RULES = (
-    Rule("spec.resourceGroups[*]", "flavors must have the same number of resources as the coveredResources",
-         _KUEUE_CEL),
-    Rule(f"{_QUOTA}.name", "must match the name in coveredResources", _KUEUE_CEL),
+    Rule(f"{_QUOTA}.name", "must match the name in coveredResources", _KUEUE_WEBHOOK),
     Rule("spec.resourceGroups[*].coveredResources[*]", "Duplicate value", _KUEUE_WEBHOOK),
     Rule("spec.resourceGroups[*].flavors[*].name", "Duplicate value", _KUEUE_WEBHOOK),
     Rule("spec.resourceGroups[*].flavors[*].name", "a lowercase RFC 1123 subdomain",
@@ -155,8 +156,7 @@ _RESOURCE_GROUP_RULES = (
     *(Rule(f"{_QUOTA}.{f}", "must be greater than or equal to 0", _KUEUE_WEBHOOK)
       for f in ("nominalQuota", "borrowingLimit", "lendingLimit")),
     *(Rule(f"{_QUOTA}.{f}", _RANGE[0], _RANGE[1]) for f in ("nominalQuota", "borrowingLimit", "lendingLimit")),
-    Rule(f"{_QUOTA}.borrowingLimit", "borrowingLimit must be nil when", _KUEUE_CEL),
-    Rule(f"{_QUOTA}.lendingLimit", "must be nil when", _KUEUE_CEL),
+    Rule(f"{_QUOTA}.lendingLimit", "must be nil when", _KUEUE_WEBHOOK),
     Rule(f"{_QUOTA}.lendingLimit", "must be less than or equal to the nominalQuota", _KUEUE_WEBHOOK),
     Rule("spec.fairSharing.weight", _RANGE[0], _RANGE[1]),
 )
@@ -179,25 +179,19 @@ EXTRA_RULES.update({
         Rule("spec.namespaceSelector.matchExpressions[*].operator",
              "Input should be 'In', 'NotIn', 'Exists' or 'DoesNotExist'", _OPERATOR),
         Rule("spec.cohortName", "a lowercase RFC 1123 subdomain", _KUEUE_WEBHOOK),
-        Rule("spec.preemption", "reclaimWithinCohort=Never and borrowWithinCohort.Policy!=Never", _KUEUE_CEL),
-        Rule("spec.flavorFungibility", "preference can only be set when", _KUEUE_CEL),
     ),
     "kueue.x-k8s.io/Cohort": (
         *_RESOURCE_GROUP_RULES,
+        # a ClusterQueue's is a CEL rule; a Cohort's, the webhook's
+        Rule(f"{_QUOTA}.borrowingLimit", "borrowingLimit must be nil when", _KUEUE_WEBHOOK),
         Rule("spec.parentName", "a lowercase RFC 1123 subdomain", _KUEUE_WEBHOOK),
     ),
     "kueue.x-k8s.io/LocalQueue": (
         Rule("spec.clusterQueue", "a lowercase RFC 1123 subdomain", _KUEUE_WEBHOOK),
     ),
-    "kueue.x-k8s.io/ResourceFlavor": (
-        Rule("spec.nodeTaints[*].effect", "Input should be 'NoSchedule', 'PreferNoSchedule' or 'NoExecute'",
-             _TAINT_EFFECT),
-        *_TOLERATION_RULES,
-    ),
     "kueue.x-k8s.io/Workload": (
         Rule("spec", "Required value", "a Workload without pod sets has nothing to admit (its spec has required "
                                        "fields)"),
-        Rule("spec", "priority should not be nil when priorityClassRef is set", _KUEUE_CEL),
         Rule("spec.podSets", "Required value", "a Workload without pod sets has nothing to admit (the CRD requires "
                                                "at least one item when the list is given)"),
         Rule("spec.podSets[*].template.spec", "Required value", "Kubernetes' Pod validation: a pod has containers"),
@@ -210,7 +204,6 @@ EXTRA_RULES.update({
         Rule("spec.podSets[*].template.spec.terminationGracePeriodSeconds", "greater than or equal to 0",
              "Kubernetes' Pod validation"),
         Rule("spec.podSets[*].name", "Duplicate value", _KUEUE_WEBHOOK),
-        Rule("spec.priorityClassRef", "kind is allowed for the", _KUEUE_CEL),
         *(Rule(f"spec.podSets[*].template.{r.path}", r.message, r.why) for r in _TOLERATION_RULES),
         *(Rule(f"spec.podSets[*].template.spec.containers[*].{p}", m, w) for p, m, w in _CONTAINER_RULES),
     ),
@@ -466,6 +459,52 @@ def upstream_errors(info: KindInfo, version: str, doc: dict[str, Any]) -> list[s
     for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         out.append(f"{json_path(err.absolute_path)}: {err.message}")
     return out
+
+
+# ---- upstream's CEL rules --------------------------------------------------------------------------------------
+
+@functools.cache
+def cel_rules(key: str, version: str) -> tuple[cel.CelRule, ...]:
+    """Every CEL rule (`x-kubernetes-validations`) in the CRD's schema of `version`, each compiled."""
+    return tuple(cel.collect(crd_schema(REGISTRY.by_key(key), version)))
+
+
+def _has_status_subresource(info: KindInfo, version: str) -> bool:
+    doc = crd(info) or {}
+    return any(v["name"] == version and "status" in (v.get("subresources") or {})
+               for v in doc.get("spec", {}).get("versions", ()))
+
+
+def cel_violations(info: KindInfo, version: str, doc: dict[str, Any], old: dict[str, Any] | None = None
+                   ) -> list[cel.Violation]:
+    """The CEL rules of the CRD that `doc` breaks when it is written to the main resource, as the API server
+    evaluates them: a create (`old` None) has its status dropped first, an update (`old`, the stored object) keeps
+    the stored status, where the CRD has a status subresource; transition rules are evaluated on updates only."""
+    if _has_status_subresource(info, version):
+        doc = {k: v for k, v in doc.items() if k != "status"}
+        if old is not None and old.get("status") is not None:
+            doc["status"] = old["status"]
+    return cel.violations(crd_schema(info, version), doc, old)
+
+
+def upstream_rejects(info: KindInfo, version: str, doc: dict[str, Any]) -> list[str]:
+    """Why upstream refuses to create `doc`: its structural schema's reasons or, when it passes that, its CEL
+    rules' messages (empty when upstream takes it)."""
+    return upstream_errors(info, version, doc) or [str(v) for v in cel_violations(info, version, doc)]
+
+
+def at_or_under(path: str, root: str) -> bool:
+    """Whether the document path `path` (`spec.podSets[0].name`) is `root` or inside it ("" is the object)."""
+    return root == "" or path == root or path.startswith((f"{root}.", f"{root}["))
+
+
+def cel_refusal_explained(info: KindInfo, cause: dict[str, Any], broken: Sequence[cel.Violation]) -> bool:
+    """Whether Kaip's refusal `cause` reports one of the CEL violations `broken`: its field is at or under the
+    value a broken rule was evaluated on, or is a field Kaip refuses altogether that holds that value."""
+    path = cause.get("field", "")
+    refused = matrix_cached(info.key, info.version).refused
+    return any(at_or_under(path, v.path) or (norm_path(path) in refused and at_or_under(v.path, path))
+               for v in broken)
 
 
 def json_path(parts: Any) -> str:
@@ -870,15 +909,15 @@ def drop_fields(doc: dict[str, Any], paths: list[str]) -> dict[str, Any] | None:
 
 def mutation_leaks(info: KindInfo, version: str, doc: dict[str, Any], limit: int | None = None
                    ) -> tuple[int, list[str]]:
-    """Single-point mutations of `doc` that upstream's schema rejects, tried on Kaip (up to `limit`): how many were
-    tried, and each one Kaip accepted, with upstream's reason."""
+    """Single-point mutations of `doc` that upstream rejects (its schema or its CEL rules), tried on Kaip (up to
+    `limit`): how many were tried, and each one Kaip accepted, with upstream's reason."""
     from conformance.mutations import mutants
 
     tried, leaks = 0, []
     for mutant in mutants(doc, object_schema(info, version)):
         if limit is not None and tried >= limit:
             break
-        reasons = upstream_errors(info, version, mutant.doc)
+        reasons = upstream_rejects(info, version, mutant.doc)
         if not reasons:
             continue  # still valid upstream (e.g. a bound the value happens to meet)
         tried += 1

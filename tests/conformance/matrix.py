@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -16,8 +17,8 @@ from conformance.harness import (
     GENERATED_GROUPS,
     NOT_IMPLEMENTED,
     ROOT,
+    cel_rules,
     checked_versions,
-    crd,
     crd_file,
     crd_versions,
     matrix_cached,
@@ -30,26 +31,33 @@ BEGIN = "<!-- BEGIN GENERATED: support matrix (PYTHONPATH=tests python -m confor
 END = "<!-- END GENERATED: support matrix -->"
 
 
-def _cel_rules(info: KindInfo, version: str) -> list[str]:
-    """The messages of upstream's CEL rules (x-kubernetes-validations) in the schema of `version`."""
-    doc = crd(info)
-    assert doc is not None
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for rule in node.get("x-kubernetes-validations") or []:
-                found.append(str(rule.get("message") or rule.get("rule")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    for v in doc["spec"]["versions"]:
-        if v["name"] == version:
-            walk(v["schema"]["openAPIV3Schema"].get("properties", {}).get("spec", {}))
-    return sorted(set(found))
+def _cel_section(info: KindInfo, version: str) -> list[str]:
+    """Upstream's CEL rules in the schema of `version`: where each sits, when it is evaluated, and how Kaip
+    enforces it (test_cel.py breaks each on purpose)."""
+    rules = cel_rules(info.key, version)
+    if not rules:
+        return []
+    refused = matrix_cached(info.key, version).refused
+    out = [f"Upstream's CEL rules (`x-kubernetes-validations`): {len(rules)}, evaluated by the suite "
+           "(`conformance/cel.py`) on every document it checks, and each broken on purpose in "
+           "`data/cel_violations.yaml`.", "",
+           "| at | message | evaluated on | Kaip |", "|---|---|---|---|"]
+    for rule in sorted(rules, key=lambda r: (r.path, r.message)):
+        # the fields Kaip refuses altogether that hold the rule, or that it reads (`self.topologyName`)
+        holders = [r for r in sorted(refused) if rule.path == r or rule.path.startswith((f"{r}.", f"{r}["))]
+        holders += [r for r in sorted(refused) if r.rpartition(".")[0] == rule.path
+                    and re.search(rf"\b(old)?[sS]elf\.{re.escape(r.rpartition('.')[2])}\b", rule.rule)]
+        if rule.path.startswith("status"):
+            when, kaip = "status writes", "status is written by Kaip's controllers"
+        elif rule.transition or "status" in rule.rule:
+            when, kaip = "updates", "update check"
+        else:
+            when, kaip = "creates and updates", "schema check"
+        if holders:
+            kaip = "refuses " + ", ".join(f"`{h}`" for h in holders)
+        out.append(f"| `{rule.path or '(object)'}` | {rule.message} | {when} | {kaip} |")
+    out.append("")
+    return out
 
 
 def _kind_section(info: KindInfo) -> list[str]:
@@ -77,12 +85,7 @@ def _kind_section(info: KindInfo) -> list[str]:
                 "", "| path | message contains | why |", "|---|---|---|"]
         out += [f"| `{r.path}` | {r.message} | {r.why} |" for r in rules]
         out.append("")
-    cel = _cel_rules(info, version)
-    if cel:
-        out.append(f"Upstream CEL rules in the CRD (not evaluated by the schema checks; Kaip's schema must implement "
-                   f"them): {len(cel)}.")
-        out += [f"- {rule}" for rule in cel]
-        out.append("")
+    out += _cel_section(info, version)
     return out
 
 

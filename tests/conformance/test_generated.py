@@ -1,10 +1,13 @@
 """Checks (2), (3) and (4) of issue 13, property-based, for the kinds in GENERATED_GROUPS: documents generated
 from the upstream CRD schema (hypothesis-jsonschema, bounded in size) are accepted by Kaip or refused at a field the
 docs list; documents that use only the fields Kaip implements are accepted (bar EXTRA_RULES), stored with
-upstream's defaults, and every mutation that breaks upstream's schema is refused."""
+upstream's defaults, and every mutation that breaks upstream's schema is refused. Every document Kaip accepts also
+satisfies the CRD's CEL rules, and one that breaks a rule is refused where the rule reports it (test_cel.py breaks
+each rule on purpose: the generator seldom does)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,9 +15,12 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
+from conformance.cel import Violation
 from conformance.harness import (
     body_schema,
     causes,
+    cel_refusal_explained,
+    cel_violations,
     checked_versions,
     default_mismatches,
     drop_fields,
@@ -27,6 +33,7 @@ from conformance.harness import (
     object_schema,
     refusal_explained,
     upstream_errors,
+    upstream_rejects,
     with_path,
 )
 from conformance.mutations import mutants
@@ -46,10 +53,23 @@ EXAMPLES = settings(max_examples=20, deadline=None, derandomize=True, database=N
                     suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
 
 
-def _explained(info: KindInfo, version: str, err: Any, *, allow_refused_fields: bool) -> list[str]:
+def _explained(info: KindInfo, version: str, err: Any, *, allow_refused_fields: bool,
+               broken: Sequence[Violation] = ()) -> list[str]:
+    """The causes of Kaip's refusal that nothing documents: neither a refused field or EXTRA_RULES, nor one of the
+    CEL violations `broken` (reported at or under the value the rule was evaluated on)."""
     assert 400 <= err.code < 500, f"Kaip answered {err.code}: {err}"
     return [f"{c.get('field')}: {c.get('message')}" for c in causes(err)
-            if not refusal_explained(info, version, c, allow_refused_fields=allow_refused_fields)]
+            if not refusal_explained(info, version, c, allow_refused_fields=allow_refused_fields)
+            and not cel_refusal_explained(info, c, broken)]
+
+
+def _cel_holds_where_accepted(info: KindInfo, version: str, doc: dict[str, Any], err: Any) -> list[Violation]:
+    """The CEL rules `doc` breaks; Kaip must not have accepted it if there are any."""
+    broken = cel_violations(info, version, doc)
+    assert err is None or 400 <= err.code < 500, f"Kaip answered {err.code}: {err}"
+    assert not (err is None and broken), f"Kaip accepts a document upstream's CEL rules reject: " \
+                                         f"{[str(v) for v in broken]}"
+    return broken
 
 
 @pytest.mark.parametrize(("info", "version"), CASES, ids=IDS)
@@ -61,8 +81,9 @@ def test_upstream_documents_accepted_or_refused_at_a_listed_field(info: KindInfo
     doc = envelope(info, version, body)
     assert upstream_errors(info, version, doc) == []  # the generator's bounds keep documents valid upstream
     _, err = kaip_validate(info, doc)
+    broken = _cel_holds_where_accepted(info, version, doc, err)
     if err is not None:
-        unexplained = _explained(info, version, err, allow_refused_fields=True)
+        unexplained = _explained(info, version, err, allow_refused_fields=True, broken=broken)
         assert not unexplained, f"refused at fields not in docs/conformance.md: {unexplained}"
 
 
@@ -77,10 +98,11 @@ def test_implemented_fields_accepted_defaulted_and_mutations_refused(info: KindI
     assert upstream_errors(info, version, doc) == []
     stored, err = kaip_validate(info, doc)
     for _ in range(5):  # repair: drop each field refused by a documented rule, while upstream still takes the rest
+        broken = _cel_holds_where_accepted(info, version, doc, err)
         if err is None:
             break
-        unexplained = _explained(info, version, err, allow_refused_fields=False)
-        assert not unexplained, f"an implemented field refused beyond EXTRA_RULES: {unexplained}"
+        unexplained = _explained(info, version, err, allow_refused_fields=False, broken=broken)
+        assert not unexplained, f"an implemented field refused beyond EXTRA_RULES and the CEL rules: {unexplained}"
         repaired = drop_fields(doc, [c.get("field", "") for c in causes(err)])
         if repaired is None or upstream_errors(info, version, repaired):
             return
@@ -102,12 +124,11 @@ def test_implemented_fields_accepted_defaulted_and_mutations_refused(info: KindI
     for mutant in candidates[start:] + candidates[:start]:
         if checked == 3:
             break
-        if not upstream_errors(info, version, mutant.doc):
+        if not (reasons := upstream_rejects(info, version, mutant.doc)):
             continue
         checked += 1
         accepted, _ = kaip_validate(info, mutant.doc)
-        assert accepted is None, f"Kaip accepts a document upstream rejects: {mutant.what}: " \
-                                 f"{upstream_errors(info, version, mutant.doc)[0]}"
+        assert accepted is None, f"Kaip accepts a document upstream rejects: {mutant.what}: {reasons[0]}"
 
 
 SEEDED = [(info, info.version) for info in generated_kinds()]
@@ -127,6 +148,7 @@ def test_defaults_on_repository_manifests_and_empty_objects(info: KindInfo, vers
         stored, _ = kaip_validate(info, doc)
         if stored is None:
             continue
+        assert not cel_violations(info, version, doc), f"{what}: Kaip accepts it, upstream's CEL rules do not"
         checked += 1
         given = {k: v for k, v in doc.items() if k != "metadata"}
         problems += [f"{what}: {p}" for p in default_mismatches(schema, given, {k: v for k, v in stored.items()
@@ -141,7 +163,7 @@ def test_generator_reaches_documents_kaip_accepts(info: KindInfo, version: str) 
     strategy = from_schema(body_schema(info, version, IMPLEMENTED_DEPTH, implemented_only=True))
     body = find(strategy, lambda b: kaip_validate(info, envelope(info, version, b))[1] is None,
                 settings=settings(EXAMPLES, max_examples=60, phases=[Phase.generate]))
-    assert upstream_errors(info, version, envelope(info, version, body)) == []
+    assert upstream_rejects(info, version, envelope(info, version, body)) == []
 
 
 @pytest.mark.parametrize(("info", "version"), SEEDED, ids=[f"{i.kind}/{v}" for i, v in SEEDED])
@@ -160,9 +182,14 @@ def test_every_implemented_field_in_its_smallest_upstream_form(info: KindInfo, v
             if doc is None or upstream_errors(info, version, doc):
                 continue
             stored, err = kaip_validate(info, doc)
+            broken = cel_violations(info, version, doc)  # a smallest form may break a CEL rule: then refused
+            if err is None and broken:
+                problems.append(f"{path}: accepted, but upstream's CEL rules refuse it: {[str(v) for v in broken]}")
             if err is not None:
                 problems += [f"{path}: refused: {c}" for c in _explained(info, version, err,
-                                                                        allow_refused_fields=False)]
+                                                                        allow_refused_fields=False, broken=broken)]
+                continue
+            if broken:
                 continue
             accepted += 1
             problems += [f"{path}: {p}" for p in default_mismatches(

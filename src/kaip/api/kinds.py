@@ -14,9 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kaip.api.errors import ApiError
+from kaip.api.errors import ApiError, Cause
 
 Converter = Callable[[dict[str, Any]], dict[str, Any]]
+# An update's check (upstream's CEL transition rules): (stored object, validated new object) -> the problems.
+UpdateCheck = Callable[[dict[str, Any], dict[str, Any]], list[Cause]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class KindInfo:
     schema: type[BaseModel]
     singular: str = ""
     short_names: tuple[str, ...] = ()
-    # Name rule for metadata.name: "subdomain" (most kinds) or "label" (namespaces, services).
+    # Name rule for metadata.name: "subdomain" (most kinds), "label" (namespaces, services) or "rfc1035" (a label
+    # that starts with a letter: TrainJobs, by upstream's CEL rule).
     name_rule: str = "subdomain"
     # Older served versions, each with (to_storage, from_storage) converters.
     other_versions: dict[str, tuple[Converter, Converter]] = field(default_factory=dict)
@@ -48,6 +51,8 @@ class KindInfo:
     default_finalizers: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     columns: tuple[Column, ...] = ()
+    # Checks every update of the main resource must pass (fields immutable once set, ...), in the storage version.
+    update_checks: tuple[UpdateCheck, ...] = ()
 
     @property
     def key(self) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from kaip.api.core import Container, ResourceRequirements
+from kaip.api.errors import Cause
 from kaip.api.kinds import REGISTRY, Column, KindInfo
 from kaip.api.meta import Schema, dns1123_subdomain_error
+from kaip.api.validation import immutable
 from kaip.scheduling.quantity import QuantityError, parse_quantity
 
 GROUP = "kueue.x-k8s.io"
@@ -159,10 +161,38 @@ class Toleration(Schema):
     tolerationSeconds: int | None = None
 
 
+_EFFECT_MESSAGE = "supported taint effect values: 'NoSchedule', 'PreferNoSchedule', 'NoExecute'"
+_OPERATOR_MESSAGE = "supported toleration values: 'Equal'(default), 'Exists'"
+
+
+def _upstream_message(message: str) -> Any:
+    """A wrap validator: the field's own check, reported with the message of upstream's CEL rule for it."""
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"Unsupported value: {value!r}: {message}") from None
+    return check
+
+
+class FlavorTaint(Taint):
+    """A ResourceFlavor's taint: the CRD checks the effect with a CEL rule, whose message Kaip reports."""
+
+    _e = field_validator("effect", mode="wrap")(_upstream_message(_EFFECT_MESSAGE))
+
+
+class FlavorToleration(Toleration):
+    """A ResourceFlavor's toleration: the CRD checks operator and effect with CEL rules, whose messages Kaip
+    reports."""
+
+    _o = field_validator("operator", mode="wrap")(_upstream_message(_OPERATOR_MESSAGE))
+    _e = field_validator("effect", mode="wrap")(_upstream_message(_EFFECT_MESSAGE))
+
+
 class ResourceFlavorSpec(Schema):
     nodeLabels: dict[str, str] | None = None
-    nodeTaints: list[Taint] | None = Field(default=None, max_length=8)
-    tolerations: list[Toleration] | None = Field(default=None, max_length=8)
+    nodeTaints: list[FlavorTaint] | None = Field(default=None, max_length=8)
+    tolerations: list[FlavorToleration] | None = Field(default=None, max_length=8)
     topologyName: str | None = None
 
     _tas = field_validator("topologyName")(_unsupported("topology-aware scheduling"))
@@ -378,6 +408,42 @@ class WorkloadBody(Schema):
     spec: WorkloadSpec
 
 
+def _true(obj: dict[str, Any], type_: str) -> bool:
+    return any(c.get("type") == type_ and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+def workload_update_errors(old: dict[str, Any], new: dict[str, Any]) -> list[Cause]:
+    """Kueue's CEL rules on a Workload update (v1beta2, the storage version), with upstream's messages: what may
+    not change while the workload holds quota (the status is the stored one: users do not write it here)."""
+    out: list[Cause] = []
+    before, after = old.get("spec") or {}, new.get("spec") or {}
+    if _true(old, "QuotaReserved"):
+        ref_before, ref_after = before.get("priorityClassRef"), after.get("priorityClassRef")
+        if (ref_before is None) != (ref_after is None):
+            out.append(Cause("spec.priorityClassRef", "priorityClassRef is immutable while workload quota reserved"))
+        elif ref_before is not None and ref_after is not None:
+            for key in ("group", "kind"):
+                if ref_before.get(key) != ref_after.get(key):
+                    out.append(Cause(f"spec.priorityClassRef.{key}",
+                                     f"priorityClassRef.{key} is immutable while workload quota reserved"))
+            if ref_after.get("group") == "scheduling.k8s.io" and ref_after.get("kind") == "PriorityClass" and \
+                    ref_before.get("name") != ref_after.get("name"):
+                out.append(Cause("spec.priorityClassRef.name", "priorityClassRef.name is immutable for "
+                                 "scheduling.k8s.io/priorityclass while workload quota reserved"))
+        if _true(new, "QuotaReserved") and before.get("queueName") != after.get("queueName"):
+            out.append(Cause("spec.queueName", "queueName is immutable while workload quota reserved"))
+    if _true(old, "Admitted") and _true(new, "Admitted") and \
+            (before.get("maximumExecutionTimeSeconds") or 0) != (after.get("maximumExecutionTimeSeconds") or 0):
+        out.append(Cause("spec.maximumExecutionTimeSeconds",
+                         "maximumExecutionTimeSeconds is immutable while workload quota reserved"))
+    admission = (new.get("status") or {}).get("admission")
+    if _true(new, "QuotaReserved") and isinstance(admission, dict) and \
+            len(after.get("podSets") or []) != len(admission.get("podSetAssignments") or []):
+        out.append(Cause("spec.podSets", "podSetAssignments must have the same number of podSets as the spec"))
+    return out
+
+
 # ---- v1beta1 conversions ------------------------------------------------------------------------------
 
 def _identity(doc: dict[str, Any]) -> dict[str, Any]:
@@ -464,7 +530,7 @@ COHORT = REGISTRY.register(KindInfo(
     other_versions=dict(_SAME), columns=(Column("Parent", ".spec.parentName"),)))
 LOCAL_QUEUE = REGISTRY.register(KindInfo(
     GROUP, "v1beta2", "LocalQueue", "localqueues", namespaced=True, schema=LocalQueueBody,
-    short_names=("queue", "queues", "lq"), other_versions=dict(_SAME),
+    short_names=("queue", "queues", "lq"), other_versions=dict(_SAME), update_checks=(immutable("spec.clusterQueue"),),
     columns=(Column("ClusterQueue", ".spec.clusterQueue"),
              Column("Pending Workloads", ".status.pendingWorkloads", "integer"),
              Column("Admitted Workloads", ".status.admittedWorkloads", "integer"))))
@@ -475,7 +541,7 @@ WORKLOAD_PRIORITY_CLASS = REGISTRY.register(KindInfo(
 WORKLOAD = REGISTRY.register(KindInfo(
     GROUP, "v1beta2", "Workload", "workloads", namespaced=True, schema=WorkloadBody,
     short_names=("kwl", "kueueworkload", "kueueworkloads"),
-    other_versions={"v1beta1": (wl_v1beta1_to_v1beta2, wl_v1beta2_to_v1beta1)},
+    other_versions={"v1beta1": (wl_v1beta1_to_v1beta2, wl_v1beta2_to_v1beta1)}, update_checks=(workload_update_errors,),
     columns=(Column("Queue", ".spec.queueName"), Column("Reserved in", ".status.admission.clusterQueue"),
              Column("Admitted", _condition("Admitted")), Column("Finished", _condition("Finished")),
              Column("Age", ".metadata.creationTimestamp", "date"))))

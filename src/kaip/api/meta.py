@@ -28,6 +28,18 @@ def dns1123_label_error(value: str) -> str | None:
     return None
 
 
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def dns1035_label_error(value: str) -> str | None:
+    """A name that must be an RFC 1035 label; the messages are Kubeflow Trainer's CEL rules' on a TrainJob."""
+    if len(value) > 63:
+        return "metadata.name must be no more than 63 characters"
+    if not DNS1035_LABEL.fullmatch(value):
+        return "metadata.name must match RFC 1035 DNS label format"
+    return None
+
+
 def dns1123_subdomain_error(value: str) -> str | None:
     if len(value) > 253:
         return "must be no more than 253 characters"

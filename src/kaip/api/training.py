@@ -8,6 +8,7 @@ never silently ignored; docs/training.md lists them.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,6 +17,7 @@ from kaip.api.core import EnvVar, ResourceRequirements
 from kaip.api.kinds import REGISTRY, Column, KindInfo
 from kaip.api.kueue import INT32_MAX, INT64_MAX, PodTemplateSpec, TemplateMeta
 from kaip.api.meta import Schema
+from kaip.api.validation import immutable
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 KUBEFLOW_GROUP = "kubeflow.org"
@@ -23,6 +25,9 @@ ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 TRAINER_CONTAINER = "node"
 PYTORCH_CONTAINER = "pytorch"
 DEFAULT_MANAGED_BY = "trainer.kubeflow.org/trainjob-controller"
+MULTIKUEUE_MANAGED_BY = "kueue.x-k8s.io/multikueue"
+# Upstream's CEL rule on an initializer's storageUri: empty, or `scheme://...` (RE2's `^...$`: the whole value).
+STORAGE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.+")
 
 
 def _unsupported(what: str) -> Any:
@@ -49,12 +54,53 @@ class RuntimeRef(Schema):
         return v
 
 
+# The model registry's URIs (`models:/NAME/VERSION`, `models:/NAME@ALIAS`) have one slash, which upstream's rule
+# refuses: a TrainJob's initializer writes them `models://NAME/VERSION`, and the launcher reads them back.
+TRAINJOB_MODELS_PREFIX = "models://"
+
+
+def trainjob_storage_uri(uri: str) -> str:
+    """A registry URI (`models:/NAME/VERSION`) as a TrainJob initializer's storageUri (`models://NAME/VERSION`);
+    any other URI as it is."""
+    if uri.startswith("models:/") and not uri.startswith(TRAINJOB_MODELS_PREFIX):
+        return TRAINJOB_MODELS_PREFIX + uri.removeprefix("models:/")
+    return uri
+
+
+def registry_model_uri(storage_uri: str) -> str:
+    """A TrainJob initializer's `models://NAME/VERSION` as the registry's `models:/NAME/VERSION`; any other URI as
+    it is."""
+    if storage_uri.startswith(TRAINJOB_MODELS_PREFIX):
+        return "models:/" + storage_uri.removeprefix(TRAINJOB_MODELS_PREFIX)
+    return storage_uri
+
+
+def storage_uri_error(uri: str) -> str | None:
+    """Upstream's CEL rule on `initializer.{dataset,model}.storageUri`, with upstream's message (and a hint for
+    the forms Kaip's registry and local paths used to take)."""
+    if uri == "" or STORAGE_URI.fullmatch(uri):
+        return None
+    hint = ""
+    if uri.startswith("models:/"):
+        hint = "; for a registered model write models://NAME/VERSION or models://NAME@ALIAS"
+    elif uri.startswith("/"):
+        hint = "; for a local path write file:///path"
+    return f"Invalid value: {uri!r}: storageUri may be empty, or it must be a valid URI (scheme://...){hint}"
+
+
 class StorageInitializer(Schema):
     storageUri: str | None = Field(default=None, max_length=2048)
     env: list[EnvVar] | None = Field(default=None, max_length=128)
     secretRef: dict[str, Any] | None = None
 
     _secret = field_validator("secretRef")(_unsupported("initializer secrets; nothing is downloaded"))
+
+    @field_validator("storageUri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None and (err := storage_uri_error(v)):
+            raise ValueError(err)
+        return v
 
 
 class Initializer(Schema):
@@ -95,6 +141,9 @@ class TrainJobSpec(Schema):
     @field_validator("managedBy")
     @classmethod
     def _managed(cls, v: str | None) -> str | None:
+        if v is not None and v not in (DEFAULT_MANAGED_BY, MULTIKUEUE_MANAGED_BY):
+            raise ValueError(f"Invalid value: {v!r}: ManagedBy must be {DEFAULT_MANAGED_BY} or "
+                             f"{MULTIKUEUE_MANAGED_BY} if set")  # upstream's CEL rule
         if v is not None and v != DEFAULT_MANAGED_BY:
             raise ValueError(f"not supported by Kaip's local training launcher (only {DEFAULT_MANAGED_BY!r} "
                              "manages TrainJobs here); remove the field")
@@ -333,15 +382,23 @@ def _restarts(obj: dict[str, Any]) -> int:
 _COLUMNS = (Column("State", job_state), Column("Progress", progress), Column("Restarts", _restarts, "integer"),
             Column("Age", ".metadata.creationTimestamp", "date"))
 
+# Upstream's CEL transition rules (`self == oldSelf`) on the fields Kaip implements; those on fields Kaip refuses
+# (runtimePatches, a runtime's network, startupPolicy, successPolicy, volumeClaimPolicies, dependsOn) cannot arise.
+_TRAINJOB_IMMUTABLE = immutable("spec.activeDeadlineSeconds", "spec.initializer", "spec.managedBy",
+                                "spec.runtimeRef", "spec.trainer")
+_RUNTIME_IMMUTABLE = immutable("spec.template.spec.failurePolicy", message="Value is immutable")
+
 TRAIN_JOB = REGISTRY.register(KindInfo(
-    TRAINER_GROUP, "v1alpha1", "TrainJob", "trainjobs", namespaced=True, schema=TrainJobBody, name_rule="label",
-    categories=("all",), columns=(Column("Runtime", ".spec.runtimeRef.name"), *_COLUMNS)))
+    TRAINER_GROUP, "v1alpha1", "TrainJob", "trainjobs", namespaced=True, schema=TrainJobBody, name_rule="rfc1035",
+    categories=("all",), columns=(Column("Runtime", ".spec.runtimeRef.name"), *_COLUMNS),
+    update_checks=(_TRAINJOB_IMMUTABLE,)))
 TRAINING_RUNTIME = REGISTRY.register(KindInfo(
     TRAINER_GROUP, "v1alpha1", "TrainingRuntime", "trainingruntimes", namespaced=True, schema=TrainingRuntimeBody,
-    columns=(Column("Age", ".metadata.creationTimestamp", "date"),)))
+    columns=(Column("Age", ".metadata.creationTimestamp", "date"),), update_checks=(_RUNTIME_IMMUTABLE,)))
 CLUSTER_TRAINING_RUNTIME = REGISTRY.register(KindInfo(
     TRAINER_GROUP, "v1alpha1", "ClusterTrainingRuntime", "clustertrainingruntimes", namespaced=False,
-    schema=TrainingRuntimeBody, columns=(Column("Age", ".metadata.creationTimestamp", "date"),)))
+    schema=TrainingRuntimeBody, columns=(Column("Age", ".metadata.creationTimestamp", "date"),),
+    update_checks=(_RUNTIME_IMMUTABLE,)))
 PYTORCH_JOB = REGISTRY.register(KindInfo(
     KUBEFLOW_GROUP, "v1", "PyTorchJob", "pytorchjobs", namespaced=True, schema=PyTorchJobBody,
     categories=("all",), columns=_COLUMNS))

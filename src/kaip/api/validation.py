@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from kaip.api.errors import Cause, bad_request, invalid
-from kaip.api.kinds import KindInfo
-from kaip.api.meta import ObjectMeta, dns1123_label_error, dns1123_subdomain_error
+from kaip.api.kinds import KindInfo, UpdateCheck
+from kaip.api.meta import ObjectMeta, dns1035_label_error, dns1123_label_error, dns1123_subdomain_error
 
 ENVELOPE = ("apiVersion", "kind", "metadata", "status")
 
@@ -55,7 +55,8 @@ def _random_suffix(n: int = 5) -> str:
 def validate_name(info: KindInfo, name: str | None) -> list[Cause]:
     if not name:
         return [Cause("metadata.name", "name or generateName is required", "FieldValueRequired")]
-    check = dns1123_label_error if info.name_rule == "label" else dns1123_subdomain_error
+    check = {"label": dns1123_label_error, "rfc1035": dns1035_label_error}.get(info.name_rule,
+                                                                              dns1123_subdomain_error)
     err = check(name)
     return [Cause("metadata.name", f"Invalid value: {name!r}: {err}")] if err else []
 
@@ -109,6 +110,48 @@ def validate_document(info: KindInfo, doc: dict[str, Any], *, namespace: str | N
     if isinstance(doc.get("status"), dict):
         out["status"] = copy.deepcopy(doc["status"])
     return out
+
+
+def validate_update(info: KindInfo, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Raise a 422 naming each field when an update of the main resource breaks one of the kind's update checks
+    (upstream's transition rules); `old` is the stored object, `new` the validated one, status as stored."""
+    causes = [cause for check in info.update_checks for cause in check(old, new)]
+    if causes:
+        raise invalid(info.kind, (new.get("metadata") or {}).get("name"), causes)
+
+
+_ABSENT = object()
+
+
+def _at(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(obj, dict) or obj.get(part) is None:
+            return _ABSENT
+        obj = obj[part]
+    return obj
+
+
+def immutable(*paths: str, message: str = "field is immutable") -> UpdateCheck:
+    """Upstream's `self == oldSelf` CEL rule on each dotted path: where the stored and the new object both have a
+    value there, it may not change (setting or removing it is allowed, as the API server evaluates such a rule only
+    where both have a value)."""
+    def check(old: dict[str, Any], new: dict[str, Any]) -> list[Cause]:
+        out = []
+        for path in paths:
+            before, after = _at(old, path), _at(new, path)
+            if before is not _ABSENT and after is not _ABSENT and before != after:
+                out.append(Cause(path, f"Invalid value: {_shown(after)}: {message}"))
+        return out
+    return check
+
+
+def _shown(value: Any) -> str:
+    """A value as the API server shows it in a CEL rule's error: scalars as they are, objects and lists by type."""
+    if isinstance(value, dict):
+        return '"object"'
+    if isinstance(value, list):
+        return '"array"'
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def spec_of(obj: dict[str, Any]) -> dict[str, Any]:

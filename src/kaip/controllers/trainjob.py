@@ -29,6 +29,8 @@ from kaip.api.training import (
     TRAIN_JOB,
     TRAINER_CONTAINER,
     TRAINING_RUNTIME,
+    TRAINJOB_MODELS_PREFIX,
+    registry_model_uri,
 )
 from kaip.api.validation import validate_document
 from kaip.controlplane.conditions import is_true, set_condition
@@ -220,20 +222,20 @@ class TrainingJobReconciler:
             if not uri:
                 continue
             reason = f"{what.capitalize()}NotFound"
-            if uri.startswith("models:/"):
+            if uri.startswith(TRAINJOB_MODELS_PREFIX):
                 from kaip.tracking.uris import resolve_model_uri
-                try:
-                    resolved = resolve_model_uri(self.store, uri, obj["metadata"]["namespace"],
+                try:  # models://NAME/VERSION names the registry's models:/NAME/VERSION
+                    resolved = resolve_model_uri(self.store, registry_model_uri(uri), obj["metadata"]["namespace"],
                                                  artifacts_root=self.artifacts_root)
                 except Exception as err:  # the registry's own errors say what is missing
                     raise LaunchError(reason, f"{what} {uri}: {getattr(err, 'message', None) or err}") from err
                 if resolved.local_path is None:
                     raise LaunchError(reason, f"{what} {uri}: its files are not in Kaip's artifact store")
                 path = resolved.local_path
-            elif uri.startswith("file://") or uri.startswith("/"):
+            elif uri.startswith("file://"):
                 path = Path(uri.removeprefix("file://"))
             else:
-                raise LaunchError(reason, f"{what} {uri}: only file:// paths and models:/ URIs are available "
+                raise LaunchError(reason, f"{what} {uri}: only file:// paths and models:// URIs are available "
                                           "offline")
             if not path.exists():
                 raise LaunchError(reason, f"{what} {uri}: {path} does not exist")

@@ -285,7 +285,8 @@ class ModelVersion(dict[str, Any]):
 
     @property
     def uri(self) -> str:
-        """`models:/NAME/VERSION`, what `deploy()` and a TrainJob's `initializer.model` take."""
+        """`models:/NAME/VERSION`, what `deploy()` and `fine_tune(base_model=)` take (a TrainJob's
+        `initializer.model.storageUri` writes it `models://NAME/VERSION`)."""
         return f"models:/{self.name}/{self.version}"
 
     @property

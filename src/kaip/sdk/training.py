@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaip.api.training import trainjob_storage_uri
 from kaip.sdk.errors import Failed
 from kaip.sdk.handles import Handle, pod_log_lines, wait_for_pod
 from kaip.sdk.objects import Object
@@ -31,7 +32,8 @@ PACKAGES_ANNOTATION = "kaip.dev/packages"
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40] or "train"
+    # a TrainJob's name starts with a letter (RFC 1035, upstream's CEL rule): a leading digit is dropped
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).lstrip("-0123456789")[:40].strip("-") or "train"
 
 
 def function_script(func: Callable[..., Any], kwargs: dict[str, Any]) -> str:
@@ -137,9 +139,11 @@ def train(client: Client, func_or_script: Callable[..., Any] | str | Path, *, ar
 
 
 def _storage_uri(ref: str | Path, what: str) -> str:
+    """A TrainJob initializer's storageUri: `models:/NAME/VERSION` (or `@ALIAS`) from the registry is written
+    `models://NAME/VERSION`, a local file or folder `file:///path` (upstream's rule takes `scheme://...` only)."""
     text = str(ref)
     if text.startswith(("models:/", "file://")):
-        return text
+        return trainjob_storage_uri(text)
     path = Path(text).expanduser().resolve()
     if not path.exists():
         raise FileNotFoundError(f"{what} {text}: no such file or folder (or give a models:/ URI)")

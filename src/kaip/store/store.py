@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kaip.api import errors
 from kaip.api.kinds import KindInfo
-from kaip.api.validation import spec_of
+from kaip.api.validation import spec_of, validate_update
 from kaip.store.tables import changes, counters, owner_refs, resources, tokens
 
 Obj = dict[str, Any]
@@ -388,6 +388,8 @@ class Store:
                 new["status"] = stored["status"]
             else:
                 new.pop("status", None)
+            if info.update_checks:
+                validate_update(info, stored, new)  # upstream's transition rules, for every writer
             if spec_of(new) != spec_of(stored):
                 nmeta["generation"] = int(smeta.get("generation", 1)) + 1
         if new == stored:

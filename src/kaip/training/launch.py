@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from kaip.api.training import PYTORCH_CONTAINER, TRAINER_CONTAINER, is_trainer_job
+from kaip.api.training import PYTORCH_CONTAINER, TRAINER_CONTAINER, is_trainer_job, registry_model_uri
 
 MASTER_ADDR = "127.0.0.1"
 
@@ -140,7 +140,7 @@ def trainjob_group(job: dict[str, Any], runtime: dict[str, Any]) -> Group:
         for what, key in (("dataset", "KAIP_DATASET_URI"), ("model", "KAIP_MODEL_URI")):
             uri = (init.get(what) or {}).get("storageUri")
             if uri:
-                out[key] = uri
+                out[key] = registry_model_uri(uri)  # models:/NAME/VERSION, as the registry and lineage name it
         return out
 
     return Group(container=container, pod_options=_pod_options(pod_spec), replicas=replicas,
