@@ -206,19 +206,15 @@ def build_tiny_lora(base_folder: Path, folder: Path, seed: int, r: int = 8, lora
                     target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")) -> Path:
     """A PEFT LoRA adapter of the model at `base_folder` with random non-zero A and B (PEFT starts B at zero, which
     would change nothing), saved as PEFT saves it (adapter_config.json + adapter_model.safetensors)."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
     model = get_peft_model(LlamaForCausalLM.from_pretrained(base_folder),
                            LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules),
                                       task_type="CAUSAL_LM"))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    model.save_pretrained(folder)
+    from engine_fixtures import randomise_lora
+
+    randomise_lora(model, seed, 0.2).save_pretrained(folder)
     return folder
 
 

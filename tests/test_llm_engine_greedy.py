@@ -4,9 +4,9 @@ lengths, a mixed batch with chunked prefill, prefix-cache hits, and preemption b
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from engine_fixtures import prompts, reference, tiny_llama
 from kaip.serving.engine.core import EngineConfig, LLMEngineCore
 from kaip.serving.engine.request import EngineParams
 
@@ -15,27 +15,7 @@ GREEDY = EngineParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_theta=10000.0, eos_token_id=0, bos_token_id=1, pad_token_id=0)
-    m = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharper logits than the default init, so greedy choices are not near-ties
-        m.lm_head.weight.mul_(8.0)
-    m.generation_config.eos_token_id = None  # run to max_new_tokens, as the engine does with ignore_eos
-    return m
-
-
-def reference(model: LlamaForCausalLM, prompt: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
-
-
-def prompts(lengths: list[int], seed: int = 1) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(2, 96, (n,), generator=g).tolist() for n in lengths]
+    return tiny_llama()
 
 
 def test_single_prompts_of_several_lengths(model: LlamaForCausalLM) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from engine_fixtures import prompts, randomise_lora, tiny_llama
+from engine_fixtures import reference as generate_reference
 from kaip.serving.engine import model_runner
 from kaip.serving.engine.core import EngineConfig, LLMEngineCore
 from kaip.serving.engine.lora import LoRAError
@@ -22,27 +24,14 @@ GREEDY = EngineParams(max_tokens=10, temperature=0.0, ignore_eos=True)
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def tiny_llama(hidden: int = 64) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_theta=10000.0, eos_token_id=0, bos_token_id=1, pad_token_id=0)
-    m = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharper logits than the default init, so greedy choices are not near-ties
-        m.lm_head.weight.mul_(8.0)
-    m.generation_config.eos_token_id = None
-    return m
+def reference(model: LlamaForCausalLM, prompt: list[int]) -> list[int]:
+    return generate_reference(model, prompt, GREEDY.max_tokens)
 
 
 def save_adapter(base: LlamaForCausalLM, folder: Path, seed: int, **lora: Any) -> Path:
     """A PEFT LoRA adapter with random, non-zero A and B (PEFT initialises B to zero), saved as PEFT saves it."""
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(task_type="CAUSAL_LM", **lora))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
-    peft_model.save_pretrained(folder)
+    randomise_lora(peft_model, seed, 0.15).save_pretrained(folder)
     return folder
 
 
@@ -50,18 +39,6 @@ def merged(base: LlamaForCausalLM, folder: Path) -> LlamaForCausalLM:
     m = PeftModel.from_pretrained(copy.deepcopy(base), folder).merge_and_unload().eval()
     m.generation_config.eos_token_id = None
     return m
-
-
-def reference(model: LlamaForCausalLM, prompt: list[int], n: int = 10) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
-
-
-def prompts(lengths: list[int], seed: int = 1) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(2, 96, (n,), generator=g).tolist() for n in lengths]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ client, cancelled streams free their KV blocks, engine metrics on /metrics; othe
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +12,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
-from prometheus_client import CollectorRegistry
 
+from engine_fixtures import serve_in_process
 from kaip.serving.engine.async_engine import KaipEngine
 from kaip.serving.runtimes.engine import TransformersEngine
-from kaip.serving.runtimes.huggingface import LLMModel, _extra, make_engine
-from kaip.serving.runtimes.openai_api import OpenAIServer
-from kaip.serving.runtimes.server import build_app, parse_args
+from kaip.serving.runtimes.huggingface import _extra, make_engine
+from kaip.serving.runtimes.server import parse_args
 from serving_fixtures import build_tiny_llm, wait_for
 
 
@@ -37,22 +34,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(folder: Path) -> Iterator[str]:
     engine = make_engine(args_for(folder, "--max_model_len=256", "--kv_cache_space=0.01"))
     assert isinstance(engine, KaipEngine)
-    registry = CollectorRegistry()
-    api = OpenAIServer(engine, registry)
-    engine.register_metrics(registry)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(build_app(LLMModel(engine), registry, api.routes()), host="127.0.0.1", port=port,
-                            log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _up(url), 30, what="runtime up")
-    yield url
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_process(engine) as url:
+        yield url
 
 
 def _up(url: str) -> bool:

@@ -5,8 +5,6 @@ Kaip's registry by an InferenceService, answering as each adapter merged into th
 from __future__ import annotations
 
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,15 +13,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
-from prometheus_client import CollectorRegistry
 
 import kaip
 import serving_fixtures
+from engine_fixtures import serve_in_process
 from kaip.serving.engine.async_engine import KaipEngine
-from kaip.serving.runtimes.huggingface import LLMModel, _extra, lora_modules_of, make_engine
-from kaip.serving.runtimes.openai_api import OpenAIServer
-from kaip.serving.runtimes.server import build_app, parse_args
+from kaip.serving.runtimes.huggingface import _extra, lora_modules_of, make_engine
+from kaip.serving.runtimes.server import parse_args
 from kaip.serving.storage import StorageError, resolve_lora_module_args
 from kaip.testing.live import LiveServer
 from serving_fixtures import (
@@ -109,21 +105,8 @@ def runtime(folders: dict[str, Path]) -> Iterator[str]:
                                   "--max_loras=2", "--lora_modules", f"faq={folders['faq']}",
                                   f"other={folders['other']}"))
     assert isinstance(engine, KaipEngine)
-    registry = CollectorRegistry()
-    api = OpenAIServer(engine, registry)
-    engine.register_metrics(registry)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(build_app(LLMModel(engine), registry, api.routes()), host="127.0.0.1",
-                                       port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: srv.started, 30, what="runtime up")
-    yield url
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_process(engine) as url:
+        yield url
 
 
 def ask(client: openai.OpenAI, model: str, question: int) -> str:
