@@ -121,6 +121,18 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
+def iris_v2_client(server: LiveServer, models: Path) -> Iterator[httpx.Client]:
+    """An admin client of `server` with an sklearn iris InferenceService `iris` (Open Inference v2) ready; the body
+    of a module fixture: `yield from iris_v2_client(serving_server, tmp_path_factory.mktemp("models"))`."""
+    folder = build_iris_model(models / "iris")
+    with server.client() as c:
+        apply_isvc(c, isvc_doc("iris", {"minReplicas": 1, "model": {"modelFormat": {"name": "sklearn"},
+                                                                    "protocolVersion": "v2",
+                                                                    "storageUri": str(folder)}}))
+        wait_ready(c, "iris")
+        yield c
+
+
 def build_tiny_llm(folder: Path) -> Path:
     """A randomly initialised two-layer Llama with a byte-level BPE tokenizer trained on TEXT."""
     import torch

@@ -25,7 +25,7 @@ from hypothesis_jsonschema import from_schema
 import serving_fixtures
 from conformance.harness import OPENAPI
 from kaip.testing.live import LiveServer
-from serving_fixtures import apply_isvc, build_iris_model, isvc_doc, wait_ready
+from serving_fixtures import iris_v2_client
 from test_guardrails_api import ndjson, ndjson_lines, sse_events, stub_server
 
 serving_server = serving_fixtures.serving_server  # a live server for this module (a fixture)
@@ -71,13 +71,7 @@ def response_schema(path: Path, route: str, method: str, status: int) -> str | N
 
 @pytest.fixture(scope="module")
 def client(serving_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    folder = build_iris_model(tmp_path_factory.mktemp("models") / "iris")
-    with serving_server.client() as c:
-        apply_isvc(c, isvc_doc("iris", {"minReplicas": 1, "model": {"modelFormat": {"name": "sklearn"},
-                                                                    "protocolVersion": "v2",
-                                                                    "storageUri": str(folder)}}))
-        wait_ready(c, "iris")
-        yield c
+    yield from iris_v2_client(serving_server, tmp_path_factory.mktemp("models"))
 
 
 INFER = "/v2/models/${MODEL_NAME}/versions/${MODEL_VERSION}/infer"

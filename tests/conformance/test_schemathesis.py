@@ -38,7 +38,7 @@ from conformance.harness import OPENAPI
 from kaip.api.errors import ApiError
 from kaip.server import paths
 from kaip.testing.live import LiveServer
-from serving_fixtures import apply_isvc, build_iris_model, isvc_doc, wait_ready
+from serving_fixtures import iris_v2_client
 from test_guardrails_api import stub_server  # the OpenAI-compatible model the guardrails tests use
 
 serving_server = serving_fixtures.serving_server  # a live server for this module (a fixture)
@@ -171,13 +171,7 @@ def _print_figures() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def iris(serving_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    folder = build_iris_model(tmp_path_factory.mktemp("models") / "iris")
-    with serving_server.client() as c:
-        apply_isvc(c, isvc_doc("iris", {"minReplicas": 1, "model": {"modelFormat": {"name": "sklearn"},
-                                                                    "protocolVersion": "v2",
-                                                                    "storageUri": str(folder)}}))
-        wait_ready(c, "iris")
-        yield c
+    yield from iris_v2_client(serving_server, tmp_path_factory.mktemp("models"))
 
 
 def _iris_input(template: dict[str, Any], rows: list[list[float]], datatype: str, nested: bool) -> dict[str, Any]:
