@@ -176,7 +176,31 @@ def test_autoscaler_scales_on_concurrency_panics_and_goes_to_zero() -> None:
         later.record(i, 0.0)
     assert later.desired(9.0, 1) == 0  # a whole stable window without traffic
     assert Autoscaler(Policy(min_replicas=2, max_replicas=4, target=1)).desired(0, 0) == 2
-    assert Autoscaler(policy).desired(0, 0, pending=1) == 1  # held requests wake a revision at zero
+    assert Autoscaler(policy).desired(0, 0, inflight=1) == 1  # held requests wake a revision at zero
+
+
+def test_a_replica_woken_for_a_held_request_is_not_scaled_away_before_it_is_served() -> None:
+    # The tick's averages still say "idle for a whole window" when the replica started for a held request becomes
+    # ready; the request in flight is what keeps it (this raced: the replica was deleted and another started).
+    scaler = Autoscaler(Policy(min_replicas=0, max_replicas=2, target=70.0, stable_window=6.0))
+    for i in range(10):
+        scaler.record(float(i), 0.0)
+    assert scaler.desired(9.5, 0) == 0
+    assert scaler.desired(10.0, 0, inflight=1) == 1  # cold start
+    scaler.record(10.5, 0.0)
+    assert scaler.desired(11.0, 1, inflight=1) == 1  # ready, the held request not yet answered
+    for i in range(12, 17):
+        scaler.record(float(i), 0.0)
+    assert scaler.desired(16.5, 1) == 1  # answered: a whole window must pass idle first
+    assert scaler.desired(17.5, 1) == 0
+
+
+def test_a_new_autoscaler_waits_a_whole_window_before_scaling_to_zero() -> None:
+    # No tick has recorded anything yet (the gateway has not metered the revision): that is not "idle for a window".
+    scaler = Autoscaler(Policy(min_replicas=0, max_replicas=2, target=70.0, stable_window=6.0))
+    assert scaler.desired(100.0, 1) == 1
+    assert scaler.desired(105.0, 1) == 1
+    assert scaler.desired(106.5, 1) == 0
 
 
 def test_autoscaler_scales_down_gradually() -> None:

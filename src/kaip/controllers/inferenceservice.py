@@ -157,8 +157,7 @@ class InferenceServiceReconciler:
             ready = len(self.system.ready_pods(namespace, rev_name))
             if routed.get(rev_name, 0) > 0:
                 scaler = self.system.autoscaler(namespace, rev_name, policy)
-                want = scaler.desired(now, ready, pending=self.system.inflight(namespace, rev_name) if not ready
-                                      else 0)
+                want = scaler.desired(now, ready, inflight=self.system.inflight(namespace, rev_name))
                 if not rev.get("everReady"):
                     want = max(want, 1)
             elif rev_name == latest_name:
@@ -377,8 +376,7 @@ class InferenceServiceReconciler:
             ready = len(self.system.ready_pods(namespace, rev["name"]))
             if rev is serving_rev:
                 scaler = self.system.autoscaler(namespace, rev["name"], policy)
-                want = scaler.desired(now, ready, pending=self.system.inflight(namespace, rev["name"]) if not ready
-                                      else 0)
+                want = scaler.desired(now, ready, inflight=self.system.inflight(namespace, rev["name"]))
                 if not rev.get("everReady"):
                     want = max(want, 1)
             elif rev is latest:

@@ -90,9 +90,15 @@ class Autoscaler:
         values = [v for t, v in self._samples if t > now - window]
         return sum(values) / len(values) if values else 0.0
 
-    def desired(self, now: float, ready: int, *, pending: int = 0) -> int:
-        """Replicas wanted now. `pending` counts requests held for a revision with no ready replica."""
+    def desired(self, now: float, ready: int, *, inflight: int = 0) -> int:
+        """Replicas wanted now. `inflight` counts the requests in flight or held (waiting for a replica) right now:
+        while there is one the revision is not idle, whatever the last tick's average says — a replica that has
+        just become ready for a held request must not be scaled away before the request reaches it."""
         p = self.policy
+        if self._started is None:  # a new autoscaler has seen no idle window yet: it starts now
+            self._started = now
+        if inflight:
+            self._last_active = now
         stable = self._average(now, p.stable_window)
         panic = self._average(now, p.stable_window * p.panic_window_fraction)
         want_stable = math.ceil(stable / p.target - 1e-9)
@@ -107,7 +113,7 @@ class Autoscaler:
             want = want_stable
             if ready and want:  # scale down gradually (to zero only through the idle rule below)
                 want = max(want, math.ceil(ready / p.max_scale_down_rate))
-        if pending:
+        if inflight:
             want = max(want, 1)
         if want == 0 and ready:
             idle_since = self._last_active if self._last_active is not None else self._started
