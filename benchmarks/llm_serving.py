@@ -199,16 +199,19 @@ class TransformersCB:
 
 
 class Kaip:
-    """Kaip's paged engine (`kaip.serving.engine`), the same object the `kaip-huggingface` runtime serves."""
+    """Kaip's paged engine (`kaip.serving.engine`), the same object the `kaip-huggingface` runtime serves; `kaip-int8`
+    with `--quantization int8`, `kaip-bf16` on the model loaded in bfloat16 (`--dtype bfloat16`)."""
 
-    name = "Kaip engine"
-
-    def __init__(self, model: Any, tokenizer: Any, max_seqs: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_seqs: int, variant: str = "kaip") -> None:
         from kaip.serving.engine import EngineConfig
         from kaip.serving.engine.async_engine import KaipEngine
 
+        quantization = "int8" if variant == "kaip-int8" else None
+        self.name = {"kaip": "Kaip engine", "kaip-int8": "Kaip engine (int8 weights)",
+                     "kaip-bf16": "Kaip engine (bf16)"}[variant]
         self.engine = KaipEngine(model, tokenizer, "smollm2", EngineConfig(max_num_seqs=max_seqs,
-                                                                           max_num_batched_tokens=512))
+                                                                           max_num_batched_tokens=512,
+                                                                           quantization=quantization))
 
     async def run(self, prompt: list[int], n: int, timings: Timings) -> None:
         from kaip.serving.engine import EngineParams
@@ -362,8 +365,8 @@ def table(results: list[Result]) -> str:
             "ITL p99 (ms) | Kaip ÷ this |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
     for r in results:
-        kaip = next((k for k in results if k.engine == Kaip.name and k.concurrency == r.concurrency), None)
-        ratio = f"{kaip.throughput / r.throughput:.1f}×" if kaip and r.engine != Kaip.name else "—"
+        kaip = next((k for k in results if k.engine == "Kaip engine" and k.concurrency == r.concurrency), None)
+        ratio = f"{kaip.throughput / r.throughput:.1f}×" if kaip and r.engine != "Kaip engine" else "—"
         rows.append(f"| {r.engine} | {r.concurrency} | {r.requests} | {r.throughput:.1f} | {pct(r.ttft, 50):.2f} | "
                     f"{pct(r.ttft, 99):.2f} | {1e3 * pct(r.itl, 50):.0f} | {1e3 * pct(r.itl, 99):.0f} | {ratio} |")
     return head + "\n".join(rows)
@@ -380,7 +383,8 @@ def main() -> None:
                     help="shared prefix before each prompt (workload b: e.g. --prefix-len 512 --input-len 32)")
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--engines", nargs="+", default=["generate", "cb", "kaip"],
-                    choices=["generate", "cb", "kaip", "llamacpp", "llamacpp-server", "vllm"],
+                    choices=["generate", "cb", "kaip", "kaip-int8", "kaip-bf16", "llamacpp", "llamacpp-server",
+                             "vllm"],
                     help="llamacpp, llamacpp-server and vllm are optional peers, each a server in its own venv: "
                     "run benchmarks/peers/setup_llamacpp.sh / setup_vllm.sh first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for every engine (0: torch's default); "
@@ -396,6 +400,7 @@ def main() -> None:
     folder = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    bf16_model = None
     shared = f"a shared {args.prefix_len}-token prefix + " if args.prefix_len else ""
     print(f"SmolLM2-135M-Instruct fp32, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{shared}{args.input_len}-token random prompts, {args.output_len} output tokens, greedy, EOS ignored",
@@ -435,8 +440,12 @@ def main() -> None:
                     lens = [len(tokenizer.encode(tokenizer.decode(p), add_special_tokens=False)) for p in prompts]
                     print(f"  llama-cpp-python prompts re-tokenized: {sum(lens) / len(lens):.0f} tokens on average",
                           flush=True)
+            elif which == "kaip-bf16":
+                if bf16_model is None:
+                    bf16_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+                engine = Kaip(bf16_model, tokenizer, max(c, 1), which)
             else:
-                engine = Kaip(model, tokenizer, max(c, 1))
+                engine = Kaip(model, tokenizer, max(c, 1), which)
             warm = random_prompts(1, args.input_len, len(tokenizer), seed=1000)  # not sharing the measured prefix
             asyncio.run(drive(engine, warm, 4, 1))  # warm-up (allocations, first-call paths)
             try:

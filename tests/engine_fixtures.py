@@ -27,6 +27,40 @@ def tiny_llama(hidden: int = 64) -> LlamaForCausalLM:
     return m
 
 
+def tiny_family(family: str, dtype: torch.dtype = torch.float32) -> Any:
+    """A tiny Qwen2, Qwen3 or Gemma 3 model with the family's distinguishing parts exercised: Qwen2's QKV biases and
+    Qwen3's/Gemma's query-key norms get random (not identity) values, and Gemma's first layer slides a window of
+    5 positions, shorter than the test prompts."""
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, eos_token_id=0, bos_token_id=1,
+                  pad_token_id=0)
+    builders = {
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
+        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16)),
+        "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=5, query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention"])),
+    }
+    torch.manual_seed(0)
+    m = builders[family]().eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+        m.lm_head.weight.mul_(8.0)
+    m.generation_config.eos_token_id = None
+    return m.to(dtype)
+
+
 def reference(model: LlamaForCausalLM, prompt: list[int], n: int) -> list[int]:
     """transformers' greedy `generate`: the tokens the engine must reproduce."""
     with torch.no_grad():

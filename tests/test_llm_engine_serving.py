@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[str]:
+def engine(folder: Path) -> KaipEngine:
     engine = make_engine(args_for(folder, "--max_model_len=256", "--kv_cache_space=0.01"))
     assert isinstance(engine, KaipEngine)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def server(engine: KaipEngine) -> Iterator[str]:
     with serve_in_process(engine) as url:
         yield url
 
@@ -99,7 +105,17 @@ def test_concurrent_streams_share_prefix_blocks_and_report_metrics(server: str) 
     assert metric(server, "vllm:generation_tokens_total") >= 32
 
 
-def test_cancelling_a_stream_frees_its_kv_blocks(server: str) -> None:
+def test_cancelling_a_stream_frees_its_kv_blocks(server: str, engine: KaipEngine,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tiny model would finish 150 tokens before the checks below on a quick machine: slow its steps so that the
+    # client's hang-up lands mid-generation however fast the machine is.
+    step = engine.core.step
+
+    def slow_step() -> Any:
+        time.sleep(0.02)
+        return step()
+
+    monkeypatch.setattr(engine.core, "step", slow_step)
     wait_for(lambda: metric(server, "vllm:kv_cache_usage_perc") == 0.0, 30, what="idle cache")
     with httpx.stream("POST", server + "/openai/v1/completions", timeout=60,
                       json={"model": "tiny", "prompt": "The clinic opens at nine. " * 8, "max_tokens": 150,
@@ -131,3 +147,28 @@ def test_other_families_and_the_reference_switch_fall_back(folder: Path, tmp_pat
     assert isinstance(make_engine(args_for(folder)), TransformersEngine)
     monkeypatch.delenv("KAIP_LLM_ENGINE")
     assert isinstance(make_engine(args_for(folder, "--backend=huggingface")), TransformersEngine)
+
+
+def test_dtype_and_quantization_flags_pick_the_paged_engine_or_say_why_not(folder: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    bf16 = make_engine(args_for(folder, "--dtype", "bfloat16"))
+    assert isinstance(bf16, KaipEngine) and bf16.core.runner.k_cache.dtype == torch.bfloat16
+    int8 = make_engine(args_for(folder, "--quantization", "int8"))
+    assert isinstance(int8, KaipEngine) and int8.core.runner.layers[0].qkv.qweight_t.dtype == torch.int8
+    with pytest.raises(RuntimeError, match=r"--quantization needs Kaip's paged engine, which is not used here "
+                                           r"\(--backend=huggingface\)"):
+        make_engine(args_for(folder, "--quantization", "int8", "--backend=huggingface"))
+    with pytest.raises(RuntimeError, match="int8 quantization applies to float32 models"):
+        make_engine(args_for(folder, "--quantization", "int8", "--dtype", "bfloat16"))
+    assert isinstance(make_engine(args_for(folder, "--dtype", "float16")), TransformersEngine)
+    assert "dtype float16 (the Kaip engine runs float32 or bfloat16)" in capsys.readouterr().err
+    # a Qwen3 folder runs on the paged engine too
+    tok = AutoTokenizer.from_pretrained(folder)
+    qwen = tmp_path / "qwen3"
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)).save_pretrained(qwen)
+    tok.save_pretrained(qwen)
+    assert isinstance(make_engine(args_for(qwen)), KaipEngine)

@@ -21,9 +21,8 @@ def kaip_engine_or_reason(args: Any, dtype: str, lora_modules: dict[str, str] | 
 
     from kaip.serving.engine.model_runner import unsupported_reason
 
-    if dtype != "float32":
-        return None, f"dtype {dtype} (the Kaip engine runs float32)"
-    reason = unsupported_reason(AutoConfig.from_pretrained(args.model_dir))
+    quantization = getattr(args, "quantization", None)
+    reason = unsupported_reason(AutoConfig.from_pretrained(args.model_dir), dtype, quantization)
     if reason:
         return None, reason
     from kaip.serving.engine.async_engine import KaipEngine
@@ -32,5 +31,6 @@ def kaip_engine_or_reason(args: Any, dtype: str, lora_modules: dict[str, str] | 
                           max_num_batched_tokens=getattr(args, "max_num_batched_tokens", 512),
                           kv_cache_bytes=int(getattr(args, "kv_cache_space", 1.0) * (1 << 30)),
                           max_model_len=args.max_model_len, max_loras=getattr(args, "max_loras", 1),
-                          max_lora_rank=getattr(args, "max_lora_rank", 16))
-    return KaipEngine.from_pretrained(args.model_dir, args.model_name, config=config, lora_modules=lora_modules), None
+                          max_lora_rank=getattr(args, "max_lora_rank", 16), quantization=quantization)
+    return KaipEngine.from_pretrained(args.model_dir, args.model_name, dtype=dtype, config=config,
+                                      lora_modules=lora_modules), None

@@ -11,7 +11,7 @@ from typing import Any
 
 from kaip.serving.engine.detokenizer import IncrementalDetokenizer
 from kaip.serving.engine.kv_cache import KVCacheManager
-from kaip.serving.engine.model_runner import LlamaRunner
+from kaip.serving.engine.model_runner import PagedRunner
 from kaip.serving.engine.request import EngineParams, Request
 from kaip.serving.engine.sampler import Sampler
 from kaip.serving.engine.scheduler import Scheduler, SchedulerConfig
@@ -28,6 +28,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_loras: int = 1  # LoRA adapters that may run in one step (vLLM's --max-loras)
     max_lora_rank: int = 16  # adapters of a higher rank are refused (vLLM's --max-lora-rank)
+    quantization: str | None = None  # "int8": int8 weights and dynamic int8 activations in the layers' matmuls
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,10 @@ class StepOutput:
 class LLMEngineCore:
     def __init__(self, model: Any, tokenizer: Any = None, config: EngineConfig | None = None) -> None:
         config = config or EngineConfig()
-        cfg = model.config
+        cfg = model.config.get_text_config()
         limit = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_model_len = min(config.max_model_len or limit, limit)
-        num_blocks = config.num_blocks or self._default_blocks(config, cfg)
+        num_blocks = config.num_blocks or self._default_blocks(config, cfg, model.dtype.itemsize)
         self.kv = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
         eos = getattr(cfg, "eos_token_id", None)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
@@ -52,7 +53,7 @@ class LLMEngineCore:
         eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len, config.max_loras), self.kv, eos_ids)
-        self.runner = LlamaRunner(model, num_blocks, config.block_size)
+        self.runner = PagedRunner(model, num_blocks, config.block_size, config.quantization)
         self.max_lora_rank = config.max_lora_rank
         self.sampler = Sampler()
         self.tokenizer = tokenizer
@@ -60,10 +61,11 @@ class LLMEngineCore:
         self.steps = 0
         self.step_seconds = 0.0
 
-    def _default_blocks(self, config: EngineConfig, model_config: Any) -> int:
+    def _default_blocks(self, config: EngineConfig, model_config: Any, dtype_bytes: int) -> int:
         """As many blocks as `kv_cache_bytes` holds, but no more than twice what `max_num_seqs` full-length
         sequences need (a tiny model would otherwise get millions of slots), and at least one full sequence."""
-        by_memory = config.kv_cache_bytes // (LlamaRunner.kv_bytes_per_token(model_config) * config.block_size)
+        by_memory = config.kv_cache_bytes // (PagedRunner.kv_bytes_per_token(model_config, dtype_bytes)
+                                             * config.block_size)
         per_seq = -(-self.max_model_len // config.block_size)
         return max(min(by_memory, 2 * config.max_num_seqs * per_seq), per_seq)
 

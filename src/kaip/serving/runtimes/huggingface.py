@@ -45,6 +45,8 @@ def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_num_seqs", type=int, default=32)
     parser.add_argument("--max_num_batched_tokens", type=int, default=512)
     parser.add_argument("--kv_cache_space", type=float, default=1.0, help="GiB of KV cache (the Kaip engine)")
+    parser.add_argument("--quantization", "-q", default=None, choices=["int8"],
+                        help="the Kaip engine: int8 weights and dynamically quantised int8 activations")
     # Multi-LoRA, with vLLM's flags (either spelling)
     parser.add_argument("--enable_lora", "--enable-lora", action="store_true", help="serve LoRA adapters")
     parser.add_argument(*LORA_MODULES_FLAGS, dest="lora_modules", nargs="+", action="extend", default=[],
@@ -93,8 +95,10 @@ def make_engine(args: Any) -> Engine:
             print(f"kaip-huggingface: using the reference transformers engine: {reason}", file=sys.stderr,
                   flush=True)
     if loras is not None:
-        raise RuntimeError(f"--enable_lora needs Kaip's paged engine (Llama-family models in float32), which is not "
-                           f"used here ({reason}); the reference transformers engine does not serve LoRA adapters")
+        raise RuntimeError(f"--enable_lora needs Kaip's paged engine, which is not used here ({reason}); the "
+                           "reference transformers engine does not serve LoRA adapters")
+    if getattr(args, "quantization", None):
+        raise RuntimeError(f"--quantization needs Kaip's paged engine, which is not used here ({reason})")
     return TransformersEngine(args.model_dir, args.model_name, max_model_len=args.max_model_len, dtype=dtype)
 
 
