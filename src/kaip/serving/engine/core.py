@@ -28,7 +28,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_loras: int = 1  # LoRA adapters that may run in one step (vLLM's --max-loras)
     max_lora_rank: int = 16  # adapters of a higher rank are refused (vLLM's --max-lora-rank)
-    quantization: str | None = None  # "int8": int8 weights and dynamic int8 activations in the layers' matmuls
+    quantization: str | None = None  # "int8": int8 weight-only quantisation of the layers' projections
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_num_batched_tokens", type=int, default=512)
     parser.add_argument("--kv_cache_space", type=float, default=1.0, help="GiB of KV cache (the Kaip engine)")
     parser.add_argument("--quantization", "-q", default=None, choices=["int8"],
-                        help="the Kaip engine: int8 weights and dynamically quantised int8 activations")
+                        help="the Kaip engine: int8 weight-only quantisation (float32 models)")
     # Multi-LoRA, with vLLM's flags (either spelling)
     parser.add_argument("--enable_lora", "--enable-lora", action="store_true", help="serve LoRA adapters")
     parser.add_argument(*LORA_MODULES_FLAGS, dest="lora_modules", nargs="+", action="extend", default=[],
