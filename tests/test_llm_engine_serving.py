@@ -155,7 +155,7 @@ def test_dtype_and_quantization_flags_pick_the_paged_engine_or_say_why_not(folde
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     bf16 = make_engine(args_for(folder, "--dtype", "bfloat16"))
-    assert isinstance(bf16, KaipEngine) and bf16.core.runner.k_cache.dtype == torch.bfloat16
+    assert isinstance(bf16, KaipEngine) and bf16.core.runner.embed.dtype == torch.bfloat16
     int8 = make_engine(args_for(folder, "--quantization", "int8"))
     assert isinstance(int8, KaipEngine) and int8.core.runner.layers[0].qkv.qweight.dtype == torch.int8
     with pytest.raises(RuntimeError, match=r"--quantization needs Kaip's paged engine, which is not used here "

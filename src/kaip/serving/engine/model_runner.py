@@ -195,8 +195,11 @@ class PagedRunner:
                 sliding=spec.layer_types[li] == "sliding_attention", layer_type=spec.layer_types[li]))
         slots = num_blocks * block_size
         shape = (len(self.layers), slots, self.num_kv_heads, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype)
+        # float32 even for a bfloat16 model: attention runs in float32 (see `_attention`), and K/V kept in float32
+        # are read without a cast (the bfloat16 values themselves are exact in float32).
+        self.cache_dtype = torch.float32
+        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype)
+        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype)
         self.layout = LlamaLayout(len(self.layers), cfg.hidden_size, self.num_heads * self.head_dim,
                                   self.num_kv_heads * self.head_dim, cfg.intermediate_size)
         self.loras: dict[str, LoRAAdapter] = {}
@@ -308,16 +311,16 @@ class PagedRunner:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             kc, vc = self.k_cache[li], self.v_cache[li]
-            kc.index_copy_(0, slot_mapping, k.to(self.dtype))
-            vc.index_copy_(0, slot_mapping, v.to(self.dtype))
+            k, v = k.to(self.cache_dtype), v.to(self.cache_dtype)
+            kc.index_copy_(0, slot_mapping, k)
+            vc.index_copy_(0, slot_mapping, v)
             kb, vb = kc.view(self.num_blocks, bs, KVH, hd), vc.view(self.num_blocks, bs, KVH, hd)
             outs = []
             if nd:
                 qd = q[:nd].unsqueeze(2)  # [nd, H, 1, hd]
                 kd = kb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)  # [nd, KVH, ctx, hd]
                 vd = vb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)
-                od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=dec_masks[layer.sliding], enable_gqa=gqa,
-                                                    scale=scale)
+                od = _attention(qd, kd, vd, dec_masks[layer.sliding], False, gqa, scale)
                 outs.append(od.reshape(nd, H * hd))
             for start, n, blocks, masks in pre_info:
                 qp = q[start:start + n].transpose(0, 1)[None]  # [1, H, n, hd]
@@ -328,8 +331,7 @@ class PagedRunner:
                 else:
                     kp = kb.index_select(0, blocks).view(-1, KVH, hd).transpose(0, 1)[None]
                     vp = vb.index_select(0, blocks).view(-1, KVH, hd).transpose(0, 1)[None]
-                op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, is_causal=mask is None,
-                                                    enable_gqa=gqa, scale=scale)
+                op = _attention(qp, kp, vp, mask, mask is None, gqa, scale)
                 outs.append(op[0].transpose(0, 1).reshape(n, H * hd))
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)
             o = layer.o(attn)
@@ -392,6 +394,17 @@ def _add_lora(out: torch.Tensor, x: torch.Tensor, loras: list[tuple[LoRAAdapter,
             out.add_(F.linear(F.linear(x, w.a), w.b))
         else:
             out.index_add_(0, rows, F.linear(F.linear(x.index_select(0, rows), w.a), w.b))
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, gqa: bool,
+               scale: float | None) -> torch.Tensor:
+    """SDPA, in float32 for bfloat16 models: torch's CPU flash-attention kernel is about 5x slower in bfloat16 than in
+    float32 here (a 16-sequence decode step of SmolLM2: 3.5 vs 0.65 ms per layer)."""
+    if q.dtype != k.dtype:  # a bfloat16 model: K/V come from the float32 cache
+        out = F.scaled_dot_product_attention(q.float(), k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa,
+                                             scale=scale)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa, scale=scale)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
