@@ -17,7 +17,7 @@ Weights are taken from the transformers model (fused QKV and gate/up copies), so
 (safetensors, GGUF) runs here; RoPE comes from the model's own rotary module, so its scaling variants carry over.
 float32 and bfloat16 run as loaded. `quantization="int8"` is weight-only: the four projections of every layer keep
 int8 weights with one scale per output channel, multiplied by aten's `_weight_int8pack_mm` with bfloat16
-activations (2x a float32 matmul for a decode step here, a quarter of the weight bytes); the LM head stays float.
+activations (2x a float32 matmul for a decode step here, a quarter of the weight bytes), and so does the LM head.
 Quantising the activations too (dynamic per-token int8 through `torch._int_mm`) was faster still but measurably
 lossy on SmolLM2 (outlier channels), so it is not offered."""
 
@@ -171,7 +171,10 @@ class PagedRunner:
         self.embed = inner.embed_tokens.weight.detach()
         self.dtype = self.embed.dtype
         self.final_norm = _weight(inner.norm, spec.gemma_norms)
-        self.lm_head = model.lm_head.weight.detach()
+        head = model.lm_head.weight.detach()
+        self.vocab_size = head.shape[0]
+        # int8: the LM head too (at a 49k-262k vocabulary it is the largest single matmul of a decode step)
+        self.lm_head = _Linear(head, None, quantization == "int8")
         self.rotary = inner.rotary_emb
         self.act = _ACTIVATIONS[spec.activation]
         int8 = quantization == "int8"
@@ -361,9 +364,9 @@ class PagedRunner:
             row_of[s.request.request_id] = offset - 1
         rows = [row_of[s.request.request_id] for s in batch if s.sample]
         if not rows:
-            return torch.empty(0, self.lm_head.shape[0], dtype=self.dtype)
+            return torch.empty(0, self.vocab_size, dtype=self.dtype)
         last = self._rms(h[rows], self.final_norm)
-        logits = F.linear(last, self.lm_head)
+        logits = self.lm_head(last)
         if spec.final_softcap:
             logits = torch.tanh(logits / spec.final_softcap) * spec.final_softcap
         return logits
