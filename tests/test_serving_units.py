@@ -244,6 +244,8 @@ def test_oip_decode_checks_shape_and_datatype() -> None:
                          ({"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]}, "not valid for"),
                          ({"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}, "not valid for"),
                          ({"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]}, "unsupported datatype"),
+                         ({"name": "x", "shape": [1], "datatype": {"a": 1}, "data": [1]}, "unsupported datatype"),
+                         ({"name": "x", "shape": [1], "datatype": ["FP32"], "data": [1]}, "unsupported datatype"),
                          ({"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}, "non-negative"),
                          ({"shape": [1], "datatype": "FP32", "data": [1]}, "'name' is required")):
         with pytest.raises(oip.ProtocolError, match=text):

@@ -105,7 +105,7 @@ def decode_tensor(tensor: Any, binary: bytes | None = None) -> Tensor:
                                               for d in shape):
         raise ProtocolError(f"input '{name}': 'shape' must be a list of non-negative integers")
     datatype = tensor.get("datatype")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:  # a list or object is not hashable: 400, not 500
         raise ProtocolError(f"input '{name}': unsupported datatype {datatype!r} (one of {', '.join(DTYPES)})")
     count = math.prod(shape)
     if binary is not None:
