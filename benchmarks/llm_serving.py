@@ -85,6 +85,9 @@ def gemma3_dir() -> Path:
 
 
 MODELS = {"smollm2": ("SmolLM2-135M-Instruct", smollm2_dir), "gemma3-270m": ("Gemma 3 270M (base)", gemma3_dir)}
+# Kaip's variants: engine name -> (row name, quantization, runs on the bfloat16 copy of the model)
+KAIP_VARIANTS = {"kaip": ("Kaip engine", None, False), "kaip-int8": ("Kaip engine (int8 weights)", "int8", False),
+                 "kaip-bf16": ("Kaip engine (bf16)", None, True)}
 
 
 def _generate(model: Any, prompt: list[int], n: int) -> list[int]:
@@ -110,8 +113,8 @@ def greedy_check(variant: str, model: Any, tokenizer: Any, prompts: list[list[in
     """Kaip's greedy tokens against transformers' `generate` on the same weights, as a one-line summary."""
     from kaip.serving.engine import EngineConfig, EngineParams, LLMEngineCore
 
-    quantization = "int8" if variant == "kaip-int8" else None
-    core = LLMEngineCore(model, tokenizer, EngineConfig(max_num_seqs=len(prompts), quantization=quantization))
+    core = LLMEngineCore(model, tokenizer, EngineConfig(max_num_seqs=len(prompts),
+                                                        quantization=KAIP_VARIANTS[variant][1]))
     got = core.generate_all(prompts, EngineParams(max_tokens=n, temperature=0.0, ignore_eos=True))
     return _agreement(f"{variant} vs generate ({str(model.dtype).removeprefix('torch.')})", got,
                       [_generate(model, p, n) for p in prompts])
@@ -266,9 +269,7 @@ class Kaip:
         from kaip.serving.engine import EngineConfig
         from kaip.serving.engine.async_engine import KaipEngine
 
-        quantization = "int8" if variant == "kaip-int8" else None
-        self.name = {"kaip": "Kaip engine", "kaip-int8": "Kaip engine (int8 weights)",
-                     "kaip-bf16": "Kaip engine (bf16)"}[variant]
+        self.name, quantization, _ = KAIP_VARIANTS[variant]
         self.engine = KaipEngine(model, tokenizer, "smollm2", EngineConfig(max_num_seqs=max_seqs,
                                                                            max_num_batched_tokens=512,
                                                                            quantization=quantization))
@@ -467,7 +468,15 @@ def main() -> None:
     folder = make_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    bf16_model = None
+    loaded: dict[bool, Any] = {False: model}
+
+    def model_for(variant: str) -> Any:
+        """The float32 model, or (loaded once, when first needed) its bfloat16 copy."""
+        bf16 = KAIP_VARIANTS[variant][2]
+        if bf16 not in loaded:
+            loaded[bf16] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+        return loaded[bf16]
+
     shared = f"a shared {args.prefix_len}-token prefix + " if args.prefix_len else ""
     print(f"{title} fp32, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{shared}{args.input_len}-token random prompts, {args.output_len} output tokens, greedy, EOS ignored",
@@ -477,13 +486,11 @@ def main() -> None:
         gguf = CACHE / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
     if args.check:
         checked = random_prompts(args.check, args.input_len, len(tokenizer), seed=2000)
-        for variant in [e for e in args.engines if e.startswith("kaip")]:
-            if variant == "kaip-bf16" and bf16_model is None:
-                bf16_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-            print(greedy_check(variant, bf16_model if variant == "kaip-bf16" else model, tokenizer, checked, 32),
-                  flush=True)
-        if bf16_model is not None:  # the yardstick: how far transformers' own bfloat16 run strays from float32
-            print(_agreement("transformers bf16 vs generate (float32)", [_generate(bf16_model, p, 32) for p in checked],
+        for variant in [e for e in args.engines if e in KAIP_VARIANTS]:
+            print(greedy_check(variant, model_for(variant), tokenizer, checked, 32), flush=True)
+        if True in loaded:  # the yardstick: how far transformers' own bfloat16 run strays from float32
+            bf16_tokens = [_generate(loaded[True], p, 32) for p in checked]
+            print(_agreement("transformers bf16 vs generate (float32)", bf16_tokens,
                              [_generate(model, p, 32) for p in checked]), flush=True)
     for which in [e for e in args.engines if e in ("llamacpp", "llamacpp-server", "vllm")]:
         why = peer_available(which, gguf)
@@ -520,12 +527,8 @@ def main() -> None:
                     lens = [len(tokenizer.encode(tokenizer.decode(p), add_special_tokens=False)) for p in prompts]
                     print(f"  llama-cpp-python prompts re-tokenized: {sum(lens) / len(lens):.0f} tokens on average",
                           flush=True)
-            elif which == "kaip-bf16":
-                if bf16_model is None:
-                    bf16_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-                engine = Kaip(bf16_model, tokenizer, max(c, 1), which)
             else:
-                engine = Kaip(model, tokenizer, max(c, 1), which)
+                engine = Kaip(model_for(which), tokenizer, max(c, 1), which)
             warm = random_prompts(1, args.input_len, len(tokenizer), seed=1000)  # not sharing the measured prefix
             asyncio.run(drive(engine, warm, 4, 1))  # warm-up (allocations, first-call paths)
             try:

@@ -19,7 +19,11 @@ float32 and bfloat16 run as loaded. `quantization="int8"` is weight-only: the fo
 int8 weights with one scale per output channel, multiplied by aten's `_weight_int8pack_mm` with bfloat16
 activations (2x a float32 matmul for a decode step here, a quarter of the weight bytes), and so does the LM head.
 Quantising the activations too (dynamic per-token int8 through `torch._int_mm`) was faster still but measurably
-lossy on SmolLM2 (outlier channels), so it is not offered."""
+lossy on SmolLM2 (outlier channels), so it is not offered.
+
+Multi-LoRA: each request may run with a LoRA adapter (`lora.py`). After each fused projection, the rows (tokens) of
+an adapter's requests get its delta, `(x[rows] @ A.T) @ B.T`, added with `index_add_` (a plain add when every row of
+the step uses it); a step where no request has an adapter does no LoRA work at all."""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from kaip.serving.engine.scheduler import ScheduledRequest
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 QUANTIZATIONS = ("int8",)
+FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' layer_types
 _ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -49,7 +54,7 @@ class ModelSpec:
     attn_scale: float | None  # None: SDPA's default 1/sqrt(head_dim)
     final_softcap: float | None
     sliding_window: int | None
-    layer_types: tuple[str, ...]  # per layer: "full_attention" or "sliding_attention"
+    layer_types: tuple[str, ...]  # per layer: FULL or SLIDING
 
 
 def spec_of(config: Any) -> ModelSpec:
@@ -69,13 +74,13 @@ def spec_of(config: Any) -> ModelSpec:
     if getattr(config, "use_bidirectional_attention", False):
         raise ValueError("use_bidirectional_attention is not supported (not a causal LM)")
     layers = config.num_hidden_layers
-    types = tuple(getattr(config, "layer_types", None) or ["full_attention"] * layers)
-    unknown = set(types) - {"full_attention", "sliding_attention"}
+    types = tuple(getattr(config, "layer_types", None) or [FULL] * layers)
+    unknown = set(types) - {FULL, SLIDING}
     if unknown:
         raise ValueError(f"layer types {sorted(unknown)} are not supported")
-    window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
-    if "sliding_attention" in types and not window:
-        types = ("full_attention",) * layers
+    window = getattr(config, "sliding_window", None) if SLIDING in types else None
+    if SLIDING in types and not window:
+        types = (FULL,) * layers
     return ModelSpec(
         model_type=model_type, activation=activation, gemma_norms=gemma, qk_norm=model_type in ("qwen3", "gemma3_text"),
         embed_scale=config.hidden_size ** 0.5 if gemma else None,
@@ -132,8 +137,7 @@ class _Layer:
     k_norm: torch.Tensor | None
     pre_ff_norm: torch.Tensor | None  # Gemma's sandwich norms
     post_ff_norm: torch.Tensor | None
-    sliding: bool
-    layer_type: str
+    layer_type: str  # FULL or SLIDING: picks the RoPE and the attention mask
 
 
 def _bias(*linears: Any) -> torch.Tensor | None:
@@ -160,7 +164,7 @@ class PagedRunner:
         self.spec = spec = spec_of(cfg)
         cfg = cfg.get_text_config()
         self.model = model
-        self.quantization = quantization
+        int8 = quantization == "int8"
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
@@ -174,14 +178,13 @@ class PagedRunner:
         head = model.lm_head.weight.detach()
         self.vocab_size = head.shape[0]
         # int8: the LM head too (at a 49k-262k vocabulary it is the largest single matmul of a decode step)
-        self.lm_head = _Linear(head, None, quantization == "int8")
+        self.lm_head = _Linear(head, None, int8)
         self.rotary = inner.rotary_emb
         self.act = _ACTIVATIONS[spec.activation]
-        int8 = quantization == "int8"
+        g = spec.gemma_norms
         self.layers = []
         for li, layer in enumerate(inner.layers):
             a, m = layer.self_attn, layer.mlp
-            g = spec.gemma_norms
             self.layers.append(_Layer(
                 in_norm=_weight(layer.input_layernorm, g),
                 qkv=_Linear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().contiguous(),
@@ -195,7 +198,7 @@ class PagedRunner:
                 k_norm=_weight(a.k_norm, g) if spec.qk_norm else None,
                 pre_ff_norm=_weight(layer.pre_feedforward_layernorm, g) if g else None,
                 post_ff_norm=_weight(layer.post_feedforward_layernorm, g) if g else None,
-                sliding=spec.layer_types[li] == "sliding_attention", layer_type=spec.layer_types[li]))
+                layer_type=spec.layer_types[li]))
         slots = num_blocks * block_size
         shape = (len(self.layers), slots, self.num_kv_heads, self.head_dim)
         # float32 even for a bfloat16 model: attention runs in float32 (see `_attention`), and K/V kept in float32
@@ -223,11 +226,11 @@ class PagedRunner:
         return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.spec.gemma_norms:  # as Gemma's own norm: in float32, then back
-            xf = x.float()
-            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * weight).type_as(x)
         xf = x.float()
-        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.spec.gemma_norms:  # as Gemma's own norm: scaled in float32, then cast back
+            return (normed * weight).type_as(x)
+        return weight * normed.to(x.dtype)  # as Llama's: cast back, then scaled
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)
@@ -266,7 +269,7 @@ class PagedRunner:
 
         nd = len(decodes)
         bs = self.block_size
-        dec_masks: dict[bool, torch.Tensor] = {}
+        dec_masks: dict[str, torch.Tensor] = {}  # per layer type
         if nd:  # gather whole blocks (a few large rows copy faster than many small ones), mask past the context
             dec_ctx = torch.tensor([s.start + 1 for s in decodes])
             max_blocks = -(-int(dec_ctx.max()) // bs)
@@ -276,9 +279,9 @@ class PagedRunner:
                 dec_blocks[i, :len(table)] = torch.tensor(table, dtype=torch.long)
             dec_flat = dec_blocks.view(-1)
             key_pos = torch.arange(max_blocks * bs)[None, :]
-            dec_masks[False] = (key_pos < dec_ctx[:, None]).view(nd, 1, 1, -1)
+            dec_masks[FULL] = (key_pos < dec_ctx[:, None]).view(nd, 1, 1, -1)
             if window:  # a sliding layer sees the last `window` positions, the query's own included
-                dec_masks[True] = dec_masks[False] & (key_pos > (dec_ctx[:, None] - 1 - window)).view(nd, 1, 1, -1)
+                dec_masks[SLIDING] = dec_masks[FULL] & (key_pos > (dec_ctx[:, None] - 1 - window)).view(nd, 1, 1, -1)
         pre_info = []
         offset = nd
         for s in prefills:
@@ -291,9 +294,10 @@ class PagedRunner:
                 nb = -(-ctx // bs)
                 blocks = torch.tensor(block_tables[s.request.request_id][:nb], dtype=torch.long)
                 key_pos = torch.arange(nb * bs)[None, :]
-            masks: dict[bool, torch.Tensor | None] = {False: None if blocks is None else key_pos <= q_pos}
+            causal = key_pos <= q_pos
+            masks: dict[str, torch.Tensor | None] = {FULL: None if blocks is None else causal}  # None: is_causal
             if window:
-                masks[True] = (key_pos <= q_pos) & (key_pos > q_pos - window)
+                masks[SLIDING] = causal & (key_pos > q_pos - window)
             pre_info.append((offset, s.num_tokens, blocks, masks))
             offset += s.num_tokens
 
@@ -323,11 +327,11 @@ class PagedRunner:
                 qd = q[:nd].unsqueeze(2)  # [nd, H, 1, hd]
                 kd = kb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)  # [nd, KVH, ctx, hd]
                 vd = vb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)
-                od = _attention(qd, kd, vd, dec_masks[layer.sliding], False, gqa, scale)
+                od = _attention(qd, kd, vd, dec_masks[layer.layer_type], False, gqa, scale)
                 outs.append(od.reshape(nd, H * hd))
             for start, n, blocks, masks in pre_info:
                 qp = q[start:start + n].transpose(0, 1)[None]  # [1, H, n, hd]
-                mask = masks[layer.sliding]
+                mask = masks[layer.layer_type]
                 if blocks is None:
                     kp = k[start:start + n].transpose(0, 1)[None]
                     vp = v[start:start + n].transpose(0, 1)[None]
