@@ -91,11 +91,13 @@ KAIP_VARIANTS = {"kaip": ("Kaip engine", None, False), "kaip-int8": ("Kaip engin
 
 
 def _generate(model: Any, prompt: list[int], n: int) -> list[int]:
+    """transformers' greedy tokens with EOS ignored as Kaip's `ignore_eos` does: EOS may be chosen, it just does not
+    stop. (`min_new_tokens` would instead forbid EOS, and the first EOS Kaip picks would count as a difference.)"""
     import torch
 
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+                             max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=[])
     return out[0, len(prompt):].tolist()
 
 
