@@ -126,7 +126,7 @@ class Gateway:
         self.private_headers: set[bytes] = set()  # lower-case names; seen by hooks, never forwarded
         self._turn = 0
 
-    def _client(self) -> UpstreamPool:
+    def _pool(self) -> UpstreamPool:
         """One upstream connection pool per event loop. Our own lean HTTP/1.1 client (`upstream.py`) rather than
         aiohttp, whose per-request cost was most of the gateway's (and httpx's about 1 ms more than aiohttp's)."""
         loop = asyncio.get_running_loop()
@@ -355,7 +355,7 @@ class Gateway:
                        rewrites: list[Rewrite] | None = None, *, public: str = "") -> int:
         deadline = started + route.timeout
         tried: set[str] = set()
-        client = self._client()
+        pool = self._pool()
         transforms = [r.json for r in rewrites or [] if r.json is not None]
         streams = [r.stream for r in rewrites or [] if r.stream is not None]
         for attempt in range(MAX_ATTEMPTS):
@@ -366,8 +366,8 @@ class Gateway:
                 remaining = max(deadline - time.monotonic(), 0.001)
                 # The deadline bounds the wait for the answer and each pause within a stream, not a whole stream.
                 try:
-                    response = await client.request(scope["method"], ep.url + url_path, headers, body,
-                                                    connect_timeout=min(remaining, 2.0), read_timeout=remaining)
+                    response = await pool.request(scope["method"], ep.url + url_path, headers, body,
+                                                  connect_timeout=min(remaining, 2.0), read_timeout=remaining)
                 except UpstreamConnectionError as err:
                     # The replica died (or is restarting) before answering, or cannot be reached in time: nothing
                     # was sent to the client yet.
