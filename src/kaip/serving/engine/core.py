@@ -45,7 +45,7 @@ class LLMEngineCore:
         cfg = model.config.get_text_config()
         limit = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_model_len = min(config.max_model_len or limit, limit)
-        num_blocks = config.num_blocks or self._default_blocks(config, cfg)
+        num_blocks = config.num_blocks or self._default_blocks(config, cfg, model.dtype.itemsize)
         self.kv = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
         eos = getattr(cfg, "eos_token_id", None)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
@@ -61,10 +61,12 @@ class LLMEngineCore:
         self.steps = 0
         self.step_seconds = 0.0
 
-    def _default_blocks(self, config: EngineConfig, model_config: Any) -> int:
-        """As many blocks as `kv_cache_bytes` holds, but no more than twice what `max_num_seqs` full-length
-        sequences need (a tiny model would otherwise get millions of slots), and at least one full sequence."""
-        by_memory = config.kv_cache_bytes // (PagedRunner.kv_bytes_per_token(model_config) * config.block_size)
+    def _default_blocks(self, config: EngineConfig, model_config: Any, dtype_bytes: int) -> int:
+        """As many blocks as `kv_cache_bytes` holds (the cache has the model's dtype), but no more than twice what
+        `max_num_seqs` full-length sequences need (a tiny model would otherwise get millions of slots), and at least
+        one full sequence."""
+        by_memory = config.kv_cache_bytes // (PagedRunner.kv_bytes_per_token(model_config, dtype_bytes)
+                                              * config.block_size)
         per_seq = -(-self.max_model_len // config.block_size)
         return max(min(by_memory, 2 * config.max_num_seqs * per_seq), per_seq)
 

@@ -66,7 +66,8 @@ class Sampler:
         out = [0] * len(request_ids)
         fast = [i for i, p in enumerate(params) if p.plain_greedy]
         if fast:
-            picked = torch.argmax(logits[fast], dim=-1).tolist()
+            # in float32: torch's argmax over bfloat16 rows is about 5x slower than the cast and argmax together
+            picked = torch.argmax(logits[fast].float(), dim=-1).tolist()
             for i, token in zip(fast, picked, strict=True):
                 out[i] = int(token)
         for i, p in enumerate(params):

@@ -1,0 +1,113 @@
+"""The engine's C kernels (`csrc/`), compiled on first use for this machine and called through ctypes.
+
+A C file with no torch headers compiles in well under a second, so it is built where it runs (`-march=native`)
+instead of shipped as a wheel: the shared object is cached under `$KAIP_CACHE_DIR` (default `~/.cache/kaip`) by a
+hash of the source, the flags and the CPU's features, written to a temporary name and renamed so concurrent builds
+cannot tear it.
+Where no C compiler works the engine keeps its pure-torch path (`available()` is False and says why once)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
+# -ffast-math for the compile only: linked with it, gcc adds crtfastmath.o, which sets flush-to-zero for the whole
+# process (torch included) when the library loads
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC"]
+_LIBS = ["-lmvec", "-lm"]  # glibc's vector expf, which -ffast-math lets the softmax loop use
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_i64, _f32p = ctypes.c_int64, ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("KAIP_CACHE_DIR") or Path.home() / ".cache" / "kaip") / "native"
+
+
+def _cpu_flags() -> str:
+    """This CPU's feature flags (part of the cache key: a `-march=native` build must not move to another CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise RuntimeError("no C compiler (cc/gcc) on PATH")
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, *_LIBS, _cpu_flags()]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"paged_attention-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            for cmd in ([compiler, *_FLAGS, "-c", str(_SOURCE), "-o", tmp + ".o"],
+                        [compiler, "-shared", "-fopenmp", tmp + ".o", "-o", tmp, *_LIBS]):
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                if done.returncode:
+                    raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            os.replace(tmp, target)
+        finally:
+            for leftover in (tmp, tmp + ".o"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+    lib = ctypes.CDLL(str(target))
+    for fn in (lib.kaip_paged_decode_f32, lib.kaip_paged_decode_bf16):
+        fn.argtypes = [_f32p] * 7 + [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernels are built and loaded (building them on the first call)."""
+    global _lib, _error
+    with _lock:
+        if _lib is None and _error is None:
+            if os.environ.get("KAIP_NATIVE_KERNELS", "1") == "0":
+                _error = "turned off by KAIP_NATIVE_KERNELS=0"
+            else:
+                try:
+                    _lib = _build()
+                except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                    _error = str(exc)
+            if _error:
+                log.warning("engine kernels unavailable (%s); attention gathers K/V in torch instead", _error)
+        return _lib is not None
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                 ctx: torch.Tensor, lo: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of one query per sequence over its paged keys: q [n, H, hd] float32, caches [blocks, bs, KVH, hd]
+    float32 or bfloat16, tables [n, max_blocks] int64, visible key positions lo[i] .. ctx[i]-1. Returns [n, H, hd]
+    float32."""
+    assert _lib is not None, "native.available() first"
+    n, H, hd = q.shape
+    _, bs, KVH, _ = k_cache.shape
+    q = q.contiguous()
+    tables, ctx, lo = tables.contiguous(), ctx.contiguous(), lo.contiguous()
+    out = torch.empty_like(q)
+    kernels = {torch.float32: _lib.kaip_paged_decode_f32, torch.bfloat16: _lib.kaip_paged_decode_bf16}
+    kernel = kernels[k_cache.dtype]
+    rc = kernel(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(),
+                                ctx.data_ptr(), lo.data_ptr(), out.data_ptr(), n, H, KVH, hd, bs, tables.shape[1],
+                                scale, torch.get_num_threads())
+    if rc:
+        raise MemoryError("paged attention kernel: out of memory for its score rows")
+    return out

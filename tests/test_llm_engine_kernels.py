@@ -1,0 +1,65 @@
+"""The engine's C decode-attention kernel (`kaip.serving.engine.native`): it builds on this machine, it equals
+torch's attention over the gathered blocks (float32 and bfloat16 caches, grouped-query heads, partial last blocks,
+sliding windows, shuffled block tables), and the runner decodes the same tokens with it as without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine_fixtures import prompts, reference, tiny_family, tiny_llama
+from kaip.serving.engine import native
+from kaip.serving.engine.core import EngineConfig, LLMEngineCore
+from kaip.serving.engine.request import EngineParams
+
+
+def _reference(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor, ctx: torch.Tensor,
+               lo: torch.Tensor, scale: float) -> torch.Tensor:
+    n, H, hd = q.shape
+    bs, KVH = kc.shape[1], kc.shape[2]
+    keys = kc.index_select(0, tables.view(-1)).view(n, -1, KVH, hd).transpose(1, 2).float()
+    values = vc.index_select(0, tables.view(-1)).view(n, -1, KVH, hd).transpose(1, 2).float()
+    pos = torch.arange(tables.shape[1] * bs)[None, :]
+    mask = ((pos < ctx[:, None]) & (pos >= lo[:, None])).view(n, 1, 1, -1)
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask, enable_gqa=True, scale=scale)
+    return out.squeeze(2)
+
+
+def test_the_kernel_builds_here() -> None:
+    assert native.available(), native._error
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"),
+                         [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8)])
+def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_heads: int, head_dim: int,
+                                                               block_size: int, dtype: torch.dtype) -> None:
+    assert native.available()
+    g = torch.Generator().manual_seed(heads * 100 + head_dim)
+    num_blocks = 64
+    kc = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
+    vc = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
+    ctx = torch.tensor([1, block_size, block_size + 1, 3 * block_size - 1, 7 * block_size])
+    n, max_blocks = len(ctx), 7
+    tables = torch.stack([torch.randperm(num_blocks, generator=g)[:max_blocks] for _ in range(n)])
+    q = torch.randn(n, heads, head_dim, generator=g)
+    scale = 0.3
+    for lo in (torch.zeros(n, dtype=torch.long), ctx - 5, ctx - block_size - 2):  # full, and two sliding windows
+        got = native.paged_decode(q, kc, vc, tables, ctx, lo, scale)
+        want = _reference(q, kc, vc, tables, ctx, lo.clamp(min=0), scale)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_the_runner_decodes_the_same_tokens_with_and_without_the_kernel(family: str) -> None:
+    model = tiny_llama() if family == "llama" else tiny_family("gemma3")  # gemma3: a 5-position sliding layer
+    batch = prompts([3, 17, 30, 9], seed=5)
+    params = EngineParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    outputs = []
+    for use_kernel in (True, False):
+        engine = LLMEngineCore(model, config=EngineConfig(block_size=4, num_blocks=96, max_num_seqs=4))
+        assert engine.runner.native_decode  # built here (see the first test)
+        engine.runner.native_decode = use_kernel
+        outputs.append(engine.generate_all(batch, params))
+    assert outputs[0] == outputs[1] == [reference(model, p, 16) for p in batch]
