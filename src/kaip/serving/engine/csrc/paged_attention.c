@@ -20,6 +20,13 @@
 
 static inline float from_f32(float x) { return x; }
 
+/* The next block of a sequence is anywhere in the cache, so the hardware prefetcher cannot see it coming: while a
+ * block's row t is used, row t of the next block is requested (measured: the loads of K and V rows were two
+ * thirds of the kernel's time, waiting on memory). */
+static inline void prefetch_row(const void *p, int64_t bytes) {
+    for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)p + c, 0, 0);
+}
+
 static inline float from_bf16(uint16_t x) {  /* bfloat16 is the high half of a float32 */
     uint32_t u = (uint32_t)x << 16;
     float f;
@@ -46,8 +53,10 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const in
         for (int64_t b = start / bs; b * bs < L; b++) { /* block by block: no division per key */                   \
             const int64_t first = b * bs < start ? start - b * bs : 0, last = L - b * bs < bs ? L - b * bs : bs;      \
             const T *kb = k + table[b] * bs * row;                                                                   \
+            const T *kn = (b + 1) * bs < L ? k + table[b + 1] * bs * row : NULL;                                     \
             for (int64_t t = first; t < last; t++) {                                                                 \
                 const T *kr = kb + t * row;                                                                          \
+                if (kn) prefetch_row(kn + t * row, row * (int64_t)sizeof(T));                                        \
                 float *sp = scores + (b * bs + t - start);                                                           \
                 for (int64_t h = 0; h < H; h++) {                                                                    \
                     const float *qh = qi + h * hd;                                                                   \
@@ -73,8 +82,10 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const in
         for (int64_t b = start / bs; b * bs < L; b++) {                                                              \
             const int64_t first = b * bs < start ? start - b * bs : 0, last = L - b * bs < bs ? L - b * bs : bs;      \
             const T *vb = v + table[b] * bs * row;                                                                   \
+            const T *vn = (b + 1) * bs < L ? v + table[b + 1] * bs * row : NULL;                                     \
             for (int64_t t = first; t < last; t++) {                                                                 \
                 const T *vr = vb + t * row;                                                                          \
+                if (vn) prefetch_row(vn + t * row, row * (int64_t)sizeof(T));                                        \
                 const float *sp = scores + (b * bs + t - start);                                                     \
                 for (int64_t h = 0; h < H; h++) {                                                                    \
                     const float w = sp[h * len];                                                                     \
