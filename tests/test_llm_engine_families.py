@@ -73,7 +73,7 @@ def test_bfloat16_matches_generate_in_bfloat16() -> None:
     assert engine.runner.k_cache.dtype == torch.bfloat16  # K/V are bfloat16 values: stored exactly in half the bytes
     want = [reference(model, p, 12) for p in batch]
     assert engine.generate_all(batch, GREEDY) == want
-    engine.runner.native_decode = False  # the torch path reads the same bfloat16 cache
+    engine.runner.native_decode = engine.runner.native_prefill = False  # the torch path reads the same cache
     assert engine.generate_all(batch, GREEDY) == want
 
 

@@ -1,6 +1,7 @@
-"""The engine's C decode-attention kernel (`kaip.serving.engine.native`): it builds on this machine, it equals
-torch's attention over the gathered blocks (float32 and bfloat16 caches, grouped-query heads, partial last blocks,
-sliding windows, shuffled block tables), and the runner decodes the same tokens with it as without it."""
+"""The engine's C attention kernels (`kaip.serving.engine.native`): they build on this machine, decode and prefill
+attention equal torch's SDPA over the gathered blocks (float32 and bfloat16 caches, grouped-query heads, partial
+last blocks, cached prefixes, sliding windows, shuffled block tables), and the runner decodes the same tokens with
+them as without them."""
 
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ def _reference(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, tables: torc
     return out.squeeze(2)
 
 
-def test_the_kernel_builds_here() -> None:
+def test_the_kernels_build_here() -> None:
     assert native.available(), native._error
+    assert native.prefill_supported(64)  # this CPU has AVX-512
+    assert not native.prefill_supported(72)  # not a multiple of 16: SDPA
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -51,15 +54,41 @@ def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_h
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"),
+                         [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8)])
+def test_paged_prefill_equals_causal_attention(heads: int, kv_heads: int, head_dim: int, block_size: int,
+                                               dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(heads + head_dim)
+    # (cached prefix, chunk length, window): a whole prompt, a short one, chunks after a prefix, sliding windows
+    for start, n, window in ((0, 70, None), (0, 5, None), (40, 23, None), (13, 50, 7), (0, 70, 30)):
+        ctx = start + n
+        num_blocks = -(-ctx // block_size) + 3
+        kc = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
+        vc = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
+        table = torch.randperm(num_blocks, generator=g)[:-(-ctx // block_size)]
+        q = torch.randn(n, heads, head_dim, generator=g)
+        got = native.paged_prefill(q, kc, vc, table, start, window, 0.3)
+        keys = kc[table].reshape(-1, kv_heads, head_dim)[:ctx].float().transpose(0, 1)[None]
+        values = vc[table].reshape(-1, kv_heads, head_dim)[:ctx].float().transpose(0, 1)[None]
+        q_pos, k_pos = torch.arange(start, ctx)[:, None], torch.arange(ctx)[None, :]
+        mask = (k_pos <= q_pos) & (k_pos > q_pos - window if window else True)
+        want = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask, enable_gqa=True,
+                                              scale=0.3)[0].transpose(0, 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_the_runner_decodes_the_same_tokens_with_and_without_the_kernel(family: str) -> None:
     model = tiny_llama() if family == "llama" else tiny_family("gemma3")  # gemma3: a 5-position sliding layer
     batch = prompts([3, 17, 30, 9], seed=5)
     params = EngineParams(max_tokens=16, temperature=0.0, ignore_eos=True)
     outputs = []
-    for use_kernel in (True, False):
-        engine = LLMEngineCore(model, config=EngineConfig(block_size=4, num_blocks=96, max_num_seqs=4))
-        assert engine.runner.native_decode  # built here (see the first test)
-        engine.runner.native_decode = use_kernel
+    for use_kernels in (True, False):
+        # chunks of 24 tokens: prompts prefill in pieces after a cached part
+        engine = LLMEngineCore(model, config=EngineConfig(block_size=4, num_blocks=96, max_num_seqs=4,
+                                                          max_num_batched_tokens=24))
+        assert engine.runner.native_decode and engine.runner.native_prefill  # built here (see the first test)
+        engine.runner.native_decode = engine.runner.native_prefill = use_kernels
         outputs.append(engine.generate_all(batch, params))
     assert outputs[0] == outputs[1] == [reference(model, p, 16) for p in batch]

@@ -236,8 +236,10 @@ class PagedRunner:
         self.v_cache = torch.zeros(shape, dtype=self.cache_dtype)
         self.layout = LlamaLayout(len(self.layers), cfg.hidden_size, self.num_heads * self.head_dim,
                                   self.num_kv_heads * self.head_dim, cfg.intermediate_size)
-        # decode attention read straight from the blocks by the C kernel (`native.py`); else gathered in torch
+        # attention read straight from the blocks by the C kernels (`native.py`); else gathered for torch's SDPA.
+        # The prefill kernel needs AVX-512 and a head size that is a multiple of 16 (up to 256).
         self.native_decode = native.available()
+        self.native_prefill = self.native_decode and native.prefill_supported(self.head_dim)
         self.loras: dict[str, LoRAAdapter] = {}
         self.lora_steps = 0  # steps that applied LoRA deltas (a base-only step never does)
 
@@ -323,19 +325,16 @@ class PagedRunner:
         offset = nd
         for s in prefills:
             ctx = s.start + s.num_tokens
-            q_pos = torch.arange(s.start, ctx)[:, None]
-            if s.start == 0:
-                blocks = None
-                key_pos = torch.arange(ctx)[None, :]
-            else:
-                nb = -(-ctx // bs)
-                blocks = torch.tensor(block_tables[s.request.request_id][:nb], dtype=torch.long)
-                key_pos = torch.arange(nb * bs)[None, :]
-            causal = key_pos <= q_pos
-            masks: dict[str, torch.Tensor | None] = {FULL: None if blocks is None else causal}  # None: is_causal
-            if window:
-                masks[SLIDING] = causal & (key_pos > q_pos - window)
-            pre_info.append((offset, s.num_tokens, blocks, masks))
+            table = torch.tensor(block_tables[s.request.request_id][:-(-ctx // bs)], dtype=torch.long)
+            masks: dict[str, torch.Tensor | None] = {}
+            if not self.native_prefill:
+                q_pos = torch.arange(s.start, ctx)[:, None]
+                key_pos = torch.arange(ctx if s.start == 0 else len(table) * bs)[None, :]
+                causal = key_pos <= q_pos
+                masks[FULL] = None if s.start == 0 else causal  # None: is_causal over the chunk's own K/V
+                if window:
+                    masks[SLIDING] = causal & (key_pos > q_pos - window)
+            pre_info.append((offset, s, table, masks))
             offset += s.num_tokens
 
         H, KVH, hd = self.num_heads, self.num_kv_heads, self.head_dim
@@ -369,15 +368,21 @@ class PagedRunner:
                 vd = vb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)
                 od = _attention(qd, kd, vd, dec_masks[layer.layer_type], False, gqa, scale)
                 outs.append(od.reshape(nd, H * hd))
-            for start, n, blocks, masks in pre_info:
+            for start, s, table, masks in pre_info:
+                n = s.num_tokens
+                if self.native_prefill:
+                    op = native.paged_prefill(q[start:start + n].float(), kb, vb, table, s.start,
+                                              window if layer.layer_type == SLIDING else None, scale or hd ** -0.5)
+                    outs.append(op.to(q.dtype).view(n, H * hd))
+                    continue
                 qp = q[start:start + n].transpose(0, 1)[None]  # [1, H, n, hd]
                 mask = masks[layer.layer_type]
-                if blocks is None:
+                if s.start == 0:
                     kp = k[start:start + n].transpose(0, 1)[None]
                     vp = v[start:start + n].transpose(0, 1)[None]
                 else:
-                    kp = kb.index_select(0, blocks).view(-1, KVH, hd).transpose(0, 1)[None]
-                    vp = vb.index_select(0, blocks).view(-1, KVH, hd).transpose(0, 1)[None]
+                    kp = kb.index_select(0, table).view(-1, KVH, hd).transpose(0, 1)[None]
+                    vp = vb.index_select(0, table).view(-1, KVH, hd).transpose(0, 1)[None]
                 op = _attention(qp, kp, vp, mask, mask is None, gqa, scale)
                 outs.append(op[0].transpose(0, 1).reshape(n, H * hd))
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -72,6 +72,9 @@ def _build() -> ctypes.CDLL:
     for fn in (lib.kaip_paged_decode_f32, lib.kaip_paged_decode_bf16):
         fn.argtypes = [_f32p] * 7 + [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
         fn.restype = ctypes.c_int
+    for fn in (lib.kaip_paged_prefill_f32, lib.kaip_paged_prefill_bf16):
+        fn.argtypes = [_f32p] * 4 + [_i64] * 3 + [_f32p] + [_i64] * 4 + [ctypes.c_float, ctypes.c_int]
+        fn.restype = ctypes.c_int
     return lib
 
 
@@ -110,4 +113,33 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                                 scale, torch.get_num_threads())
     if rc:
         raise MemoryError("paged attention kernel: out of memory for its score rows")
+    return out
+
+
+def prefill_supported(head_dim: int) -> bool:
+    """Whether `paged_prefill` runs for this head size here (built with AVX-512; a multiple of 16 up to 256)."""
+    if not available() or head_dim % 16 or head_dim > 256:
+        return False
+    one = torch.zeros(1, 1, 1, head_dim)
+    return paged_prefill(torch.zeros(1, 1, head_dim), one, one, torch.zeros(1, dtype=torch.long), 0, None, 1.0) \
+        is not None
+
+
+def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, start: int,
+                  window: int | None, scale: float) -> torch.Tensor | None:
+    """Causal attention of one prefill chunk, queries at positions start .. start+n-1 (q [n, H, hd] float32), over
+    the sequence's paged keys (its own already written), the last `window` positions only when given. None where
+    the kernel does not apply (no AVX-512, a head size that is not a multiple of 16 up to 256): use SDPA."""
+    assert _lib is not None, "native.available() first"
+    n, H, hd = q.shape
+    _, bs, KVH, _ = k_cache.shape
+    q, table = q.contiguous(), table.contiguous()
+    out = torch.empty_like(q)
+    kernels = {torch.float32: _lib.kaip_paged_prefill_f32, torch.bfloat16: _lib.kaip_paged_prefill_bf16}
+    rc = kernels[k_cache.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table.data_ptr(), start, n,
+                                window or 0, out.data_ptr(), H, KVH, hd, bs, scale, torch.get_num_threads())
+    if rc == -2:
+        return None
+    if rc:
+        raise MemoryError("paged prefill kernel: out of memory for its scores")
     return out

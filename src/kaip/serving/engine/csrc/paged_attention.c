@@ -103,3 +103,128 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const in
 
 PAGED_DECODE(kaip_paged_decode_f32, float, from_f32)
 PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
+
+/* Prefill attention of one chunk of a sequence — queries at positions start .. start+n-1 — over its paged keys
+ * 0 .. start+n-1 (causal; with a window, the last `window` positions). The chunk's own K/V are already in the
+ * cache. Written with AVX-512 because the score step must not end in a horizontal sum per (query, key, head), as
+ * the decode loop above does: each kv head's keys are first transposed into 16-key tiles [hd][16] (float32), so
+ * 16 scores of one query head are 16 lanes of one register built by hd broadcast-FMAs, eight query rows at a time.
+ * Head sizes that are a multiple of 16 up to 256; returns -2 otherwise (and where AVX-512 is missing), and the
+ * caller uses torch's SDPA. q, out: [n, H, hd] float32. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+static inline __m512 ld16_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 ld16_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+#define ROWS 8   /* query-head rows whose scores are built together: independent FMA chains */
+#define QTILE 8  /* query positions per task */
+
+/* o = sum over the row's visible keys t of p[t] * V[t] (one query head), ND 16-float accumulators */
+#define PV_ROW(ND, T, LD16)                                                                                          \
+    do {                                                                                                             \
+        __m512 o[16];                                                                                                \
+        for (int64_t j = 0; j < (ND); j++) o[j] = _mm512_setzero_ps();                                               \
+        for (int64_t b = lo / bs; b * bs <= p; b++) {                                                                \
+            const int64_t t0 = b * bs < lo ? lo : b * bs, t1 = (b + 1) * bs - 1 < p ? (b + 1) * bs - 1 : p;          \
+            const T *vb = v + (table[b] * bs - b * bs) * row + kh * hd;                                              \
+            for (int64_t t = t0; t <= t1; t++) {                                                                     \
+                const __m512 w = _mm512_set1_ps(sr[t] * inv);                                                        \
+                const T *vr = vb + t * row;                                                                          \
+                for (int64_t j = 0; j < (ND); j++) o[j] = _mm512_fmadd_ps(w, LD16(vr + 16 * j), o[j]);               \
+            }                                                                                                        \
+        }                                                                                                            \
+        for (int64_t j = 0; j < (ND); j++) _mm512_storeu_ps(dst + 16 * j, o[j]);                                     \
+    } while (0)
+
+#define PAGED_PREFILL(NAME, T, LOAD, LD16)                                                                           \
+int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n, int64_t window,     \
+         float *out, int64_t H, int64_t KVH, int64_t hd, int64_t bs, float scale, int nthreads) {                    \
+    if (hd % 16 || hd > 256) return -2;                                                                              \
+    const int64_t G = H / KVH, row = KVH * hd, L = start + n, nchunks = (L + 15) / 16, nd = hd / 16;                 \
+    float *kt = aligned_alloc(64, (size_t)(KVH * nchunks * hd * 16) * sizeof(float));                                \
+    if (!kt) return -1;                                                                                              \
+    int failed = 0;                                                                                                  \
+    _Pragma("omp parallel num_threads(nthreads)")                                                                    \
+    {                                                                                                                \
+        _Pragma("omp for schedule(static)")                                                                          \
+        for (int64_t c = 0; c < nchunks; c++) { /* transpose: kt[kh][c][d][t] = K[pos c*16+t][kh][d] */             \
+            for (int64_t t = 0; t < 16; t++) {                                                                       \
+                const int64_t p = c * 16 + t;                                                                        \
+                for (int64_t kh = 0; kh < KVH; kh++) {                                                               \
+                    float *dst = kt + ((kh * nchunks + c) * hd) * 16 + t;                                            \
+                    if (p >= L) {                                                                                    \
+                        for (int64_t d = 0; d < hd; d++) dst[d * 16] = 0.f;                                          \
+                        continue;                                                                                    \
+                    }                                                                                                \
+                    const T *src = k + (table[p / bs] * bs + p % bs) * row + kh * hd;                               \
+                    for (int64_t d = 0; d < hd; d++) dst[d * 16] = LOAD(src[d]);                                     \
+                }                                                                                                    \
+            }                                                                                                        \
+        }                                                                                                            \
+        const int64_t ntiles = (n + QTILE - 1) / QTILE;                                                              \
+        _Pragma("omp for collapse(2) schedule(dynamic, 1)")                                                          \
+        for (int64_t kh = 0; kh < KVH; kh++) {                                                                       \
+            for (int64_t tile = 0; tile < ntiles; tile++) {                                                          \
+                const int64_t i0 = tile * QTILE, i1 = i0 + QTILE < n ? i0 + QTILE : n;                               \
+                const int64_t pmax = start + i1 - 1, pmin = start + i0;                                              \
+                const int64_t kmin = window > 0 && pmin - window + 1 > 0 ? pmin - window + 1 : 0;                    \
+                const int64_t c0 = kmin / 16, c1 = pmax / 16 + 1, span = (c1 - c0) * 16;                             \
+                const int64_t R = (i1 - i0) * G;                                                                     \
+                float *s = malloc((size_t)(R * span) * sizeof(float));                                               \
+                if (!s) { failed = 1; continue; }                                                                    \
+                for (int64_t r0 = 0; r0 < R; r0 += ROWS) { /* scores: rows r = (i - i0) * G + g */                  \
+                    const int64_t nr = R - r0 < ROWS ? R - r0 : ROWS;                                                \
+                    const float *qr[ROWS];                                                                           \
+                    for (int64_t j = 0; j < ROWS; j++) {                                                             \
+                        const int64_t r = r0 + (j < nr ? j : 0);                                                     \
+                        qr[j] = q + ((i0 + r / G) * H + kh * G + r % G) * hd;                                        \
+                    }                                                                                                \
+                    for (int64_t c = c0; c < c1; c++) {                                                              \
+                        const float *kc = kt + ((kh * nchunks + c) * hd) * 16;                                       \
+                        __m512 acc[ROWS];                                                                            \
+                        for (int64_t j = 0; j < ROWS; j++) acc[j] = _mm512_setzero_ps();                             \
+                        for (int64_t d = 0; d < hd; d++) {                                                           \
+                            const __m512 kv = _mm512_load_ps(kc + d * 16);                                           \
+                            for (int64_t j = 0; j < ROWS; j++)                                                       \
+                                acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(qr[j][d]), kv, acc[j]);                      \
+                        }                                                                                            \
+                        for (int64_t j = 0; j < nr; j++)                                                             \
+                            _mm512_storeu_ps(s + (r0 + j) * span + (c - c0) * 16,                                    \
+                                             _mm512_mul_ps(acc[j], _mm512_set1_ps(scale)));                          \
+                    }                                                                                                \
+                }                                                                                                    \
+                for (int64_t r = 0; r < R; r++) { /* softmax over the row's visible keys, then o = P V */           \
+                    const int64_t i = i0 + r / G, h = kh * G + r % G, p = start + i;                                 \
+                    const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;                        \
+                    float *sr = s + r * span - c0 * 16; /* indexed by key position */                               \
+                    float m = sr[lo], sum = 0.f;                                                                     \
+                    for (int64_t t = lo + 1; t <= p; t++) m = sr[t] > m ? sr[t] : m;                                 \
+                    _Pragma("omp simd reduction(+ : sum)")                                                           \
+                    for (int64_t t = lo; t <= p; t++) {                                                              \
+                        sr[t] = expf(sr[t] - m);                                                                     \
+                        sum += sr[t];                                                                                \
+                    }                                                                                                \
+                    const float inv = 1.f / sum;                                                                     \
+                    float *dst = out + (i * H + h) * hd;                                                             \
+                    switch (nd) { /* a constant count keeps the accumulators in registers */                         \
+                    case 4: PV_ROW(4, T, LD16); break;                                                               \
+                    case 8: PV_ROW(8, T, LD16); break;                                                               \
+                    default: PV_ROW(nd, T, LD16); break;                                                             \
+                    }                                                                                                \
+                }                                                                                                    \
+                free(s);                                                                                             \
+            }                                                                                                        \
+        }                                                                                                            \
+    }                                                                                                                \
+    free(kt);                                                                                                        \
+    return failed ? -1 : 0;                                                                                          \
+}
+
+PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32, ld16_f32)
+PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16, ld16_bf16)
+#else
+int kaip_paged_prefill_f32(void) { return -2; }
+int kaip_paged_prefill_bf16(void) { return -2; }
+#endif
