@@ -1,4 +1,4 @@
-"""Batched forward of a decoder-only transformer over a paged KV cache, in plain torch.
+"""Batched forward of a decoder-only transformer over a paged KV cache: torch, and C for attention.
 
 Families: Llama (SmolLM2), Qwen2, Qwen3 and Gemma 3 (text). They share one layer shape — pre-norm attention with
 RoPE and a gated MLP — and differ in details the runner takes from the config (`ModelSpec`): projection biases
@@ -8,16 +8,17 @@ the window are masked; the cache still keeps them, as the prefix cache shares bl
 
 One step runs every scheduled request's new tokens as one flat batch: projections and MLPs are single matmuls
 over all tokens (that is where the FLOPs are), the new K/V are written into their cache slots, and attention reads
-each request's keys from its blocks. Decoding requests (one query each) share one padded SDPA call per layer;
-prefill chunks run one SDPA call each with a causal mask offset by what is already cached. Only the rows that are
-sampled go through the final norm and the LM head, which at 49k-token vocabularies is a large share of a step.
-Gathers copy whole blocks with `index_select` (several times cheaper than advanced indexing per slot here).
+each request's keys from its blocks — in C (`native.py`: one call per layer for all decoding requests, one per
+prefill chunk), or, without a C compiler, through torch: decodes share one padded SDPA call per layer over blocks
+gathered with `index_select`, prefill chunks run one SDPA call each with a causal mask offset by what is cached.
+Only the rows that are sampled go through the final norm and the LM head, which at 49k-token vocabularies is a
+large share of a step.
 
-Weights are taken from the transformers model (fused QKV and gate/up copies), so whatever loads in transformers
-(safetensors, GGUF) runs here; RoPE comes from the model's own rotary module, so its scaling variants carry over.
-float32 and bfloat16 run as loaded. `quantization="int8"` is weight-only: the four projections of every layer keep
-int8 weights with one scale per output channel, multiplied by aten's `_weight_int8pack_mm` with bfloat16
-activations (2x a float32 matmul for a decode step here, a quarter of the weight bytes), and so does the LM head.
+Weights are taken from the transformers model (fused QKV and gate/up copies, pre-packed for oneDNN), so whatever
+loads in transformers (safetensors, GGUF) runs here; RoPE comes from the model's own rotary module, so its scaling
+variants carry over. float32 and bfloat16 run as loaded. `quantization="int8"` is weight-only: the four
+projections of every layer keep int8 weights with one scale per output channel, multiplied by aten's
+`_weight_int8pack_mm` with bfloat16 activations (a quarter of the float32 weight bytes), and so does the LM head.
 Quantising the activations too (dynamic per-token int8 through `torch._int_mm`) was faster still but measurably
 lossy on SmolLM2 (outlier channels), so it is not offered.
 
