@@ -114,52 +114,66 @@ PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-static inline __m512 ld16_f32(const float *p) { return _mm512_loadu_ps(p); }
-static inline __m512 ld16_bf16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
 #define ROWS 8   /* query-head rows whose scores are built together: independent FMA chains */
 #define QTILE 8  /* query positions per task */
 
-/* o = sum over the row's visible keys t of p[t] * V[t] (one query head), ND 16-float accumulators */
-#define PV_ROW(ND, T, LD16)                                                                                          \
+/* o[g] = (sum over visible keys t of e[g][t] * V[t]) / sum[g] for GB query heads of one query position at once:
+ * they share the key range and the value rows, so each row of V (float32, contiguous) is loaded once for GB heads.
+ * ND 16-float chunks per head; constant counts keep the GB * ND accumulators in registers. */
+#define PV_GROUP_BODY(ND, GB, EXS, INVS, DSTS)                                                                                   \
     do {                                                                                                             \
-        __m512 o[16];                                                                                                \
-        for (int64_t j = 0; j < (ND); j++) o[j] = _mm512_setzero_ps();                                               \
-        for (int64_t b = lo / bs; b * bs <= p; b++) {                                                                \
-            const int64_t t0 = b * bs < lo ? lo : b * bs, t1 = (b + 1) * bs - 1 < p ? (b + 1) * bs - 1 : p;          \
-            const T *vb = v + (table[b] * bs - b * bs) * row + kh * hd;                                              \
-            for (int64_t t = t0; t <= t1; t++) {                                                                     \
-                const __m512 w = _mm512_set1_ps(sr[t] * inv);                                                        \
-                const T *vr = vb + t * row;                                                                          \
-                for (int64_t j = 0; j < (ND); j++) o[j] = _mm512_fmadd_ps(w, LD16(vr + 16 * j), o[j]);               \
+        __m512 o[GB][ND];                                                                                            \
+        for (int64_t g = 0; g < (GB); g++)                                                                           \
+            for (int64_t j = 0; j < (ND); j++) o[g][j] = _mm512_setzero_ps();                                        \
+        for (int64_t t = lo; t <= p; t++) {                                                                          \
+            const float *vr = vrows + t * hd;                                                                        \
+            __m512 vv[ND];                                                                                           \
+            for (int64_t j = 0; j < (ND); j++) vv[j] = _mm512_loadu_ps(vr + 16 * j);                                 \
+            for (int64_t g = 0; g < (GB); g++) {                                                                     \
+                const __m512 w = _mm512_set1_ps((EXS)[g][t]);                                                         \
+                for (int64_t j = 0; j < (ND); j++) o[g][j] = _mm512_fmadd_ps(w, vv[j], o[g][j]);                     \
             }                                                                                                        \
         }                                                                                                            \
-        for (int64_t j = 0; j < (ND); j++) _mm512_storeu_ps(dst + 16 * j, o[j]);                                     \
+        for (int64_t g = 0; g < (GB); g++) {                                                                         \
+            const __m512 inv = _mm512_set1_ps((INVS)[g]);                                                             \
+            for (int64_t j = 0; j < (ND); j++) _mm512_storeu_ps((DSTS)[g] + 16 * j, _mm512_mul_ps(o[g][j], inv));     \
+        }                                                                                                            \
     } while (0)
 
-#define PAGED_PREFILL(NAME, T, LOAD, LD16)                                                                           \
+/* one query head at a time, for head sizes without a grouped variant */
+static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, int64_t lo, int64_t p, float *dst) {
+    for (int64_t c = 0; c < hd; c += 16) {
+        __m512 o = _mm512_setzero_ps();
+        for (int64_t t = lo; t <= p; t++) o = _mm512_fmadd_ps(_mm512_set1_ps(ex[t]), _mm512_loadu_ps(vrows + t * hd + c), o);
+        _mm512_storeu_ps(dst + c, _mm512_mul_ps(o, _mm512_set1_ps(inv)));
+    }
+}
+
+#define PAGED_PREFILL(NAME, T, LOAD)                                                                                 \
 int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n, int64_t window,     \
          float *out, int64_t H, int64_t KVH, int64_t hd, int64_t bs, float scale, int nthreads) {                    \
     if (hd % 16 || hd > 256) return -2;                                                                              \
     const int64_t G = H / KVH, row = KVH * hd, L = start + n, nchunks = (L + 15) / 16, nd = hd / 16;                 \
+    /* keys transposed into 16-key tiles kt[kh][c][d][t]; values widened and made contiguous, vt[kh][pos][d] */    \
     float *kt = aligned_alloc(64, (size_t)(KVH * nchunks * hd * 16) * sizeof(float));                                \
-    if (!kt) return -1;                                                                                              \
+    float *vt = aligned_alloc(64, (size_t)(KVH * nchunks * 16 * hd) * sizeof(float));                                \
+    if (!kt || !vt) { free(kt); free(vt); return -1; }                                                               \
     int failed = 0;                                                                                                  \
     _Pragma("omp parallel num_threads(nthreads)")                                                                    \
     {                                                                                                                \
         _Pragma("omp for schedule(static)")                                                                          \
-        for (int64_t c = 0; c < nchunks; c++) { /* transpose: kt[kh][c][d][t] = K[pos c*16+t][kh][d] */             \
+        for (int64_t c = 0; c < nchunks; c++) {                                                                      \
             for (int64_t t = 0; t < 16; t++) {                                                                       \
                 const int64_t p = c * 16 + t;                                                                        \
                 for (int64_t kh = 0; kh < KVH; kh++) {                                                               \
-                    float *dst = kt + ((kh * nchunks + c) * hd) * 16 + t;                                            \
+                    float *kd = kt + ((kh * nchunks + c) * hd) * 16 + t, *vd = vt + (kh * nchunks * 16 + p) * hd;    \
                     if (p >= L) {                                                                                    \
-                        for (int64_t d = 0; d < hd; d++) dst[d * 16] = 0.f;                                          \
+                        for (int64_t d = 0; d < hd; d++) kd[d * 16] = vd[d] = 0.f;                                   \
                         continue;                                                                                    \
                     }                                                                                                \
-                    const T *src = k + (table[p / bs] * bs + p % bs) * row + kh * hd;                               \
-                    for (int64_t d = 0; d < hd; d++) dst[d * 16] = LOAD(src[d]);                                     \
+                    const int64_t slot = (table[p / bs] * bs + p % bs) * row + kh * hd;                              \
+                    for (int64_t d = 0; d < hd; d++) kd[d * 16] = LOAD(k[slot + d]);                                 \
+                    for (int64_t d = 0; d < hd; d++) vd[d] = LOAD(v[slot + d]);                                      \
                 }                                                                                                    \
             }                                                                                                        \
         }                                                                                                            \
@@ -172,6 +186,7 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
                 const int64_t kmin = window > 0 && pmin - window + 1 > 0 ? pmin - window + 1 : 0;                    \
                 const int64_t c0 = kmin / 16, c1 = pmax / 16 + 1, span = (c1 - c0) * 16;                             \
                 const int64_t R = (i1 - i0) * G;                                                                     \
+                const float *vrows = vt + kh * nchunks * 16 * hd;                                                    \
                 float *s = malloc((size_t)(R * span) * sizeof(float));                                               \
                 if (!s) { failed = 1; continue; }                                                                    \
                 for (int64_t r0 = 0; r0 < R; r0 += ROWS) { /* scores: rows r = (i - i0) * G + g */                  \
@@ -195,23 +210,35 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
                                              _mm512_mul_ps(acc[j], _mm512_set1_ps(scale)));                          \
                     }                                                                                                \
                 }                                                                                                    \
-                for (int64_t r = 0; r < R; r++) { /* softmax over the row's visible keys, then o = P V */           \
-                    const int64_t i = i0 + r / G, h = kh * G + r % G, p = start + i;                                 \
-                    const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;                        \
-                    float *sr = s + r * span - c0 * 16; /* indexed by key position */                               \
-                    float m = sr[lo], sum = 0.f;                                                                     \
-                    for (int64_t t = lo + 1; t <= p; t++) m = sr[t] > m ? sr[t] : m;                                 \
-                    _Pragma("omp simd reduction(+ : sum)")                                                           \
-                    for (int64_t t = lo; t <= p; t++) {                                                              \
-                        sr[t] = expf(sr[t] - m);                                                                     \
-                        sum += sr[t];                                                                                \
-                    }                                                                                                \
-                    const float inv = 1.f / sum;                                                                     \
-                    float *dst = out + (i * H + h) * hd;                                                             \
-                    switch (nd) { /* a constant count keeps the accumulators in registers */                         \
-                    case 4: PV_ROW(4, T, LD16); break;                                                               \
-                    case 8: PV_ROW(8, T, LD16); break;                                                               \
-                    default: PV_ROW(nd, T, LD16); break;                                                             \
+                for (int64_t i = i0; i < i1; i++) { /* per query: softmax of its G rows, then o = P V */            \
+                    const int64_t p = start + i, lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;         \
+                    const float *ex[16];                                                                             \
+                    float invs[16];                                                                                  \
+                    float *dst[16];                                                                                  \
+                    for (int64_t g0 = 0; g0 < G; g0 += 16) {                                                         \
+                        const int64_t gn = G - g0 < 16 ? G - g0 : 16;                                                \
+                        for (int64_t g = 0; g < gn; g++) {                                                           \
+                            float *sr = s + ((i - i0) * G + g0 + g) * span - c0 * 16; /* by key position */         \
+                            float m = sr[lo], sum = 0.f;                                                             \
+                            for (int64_t t = lo + 1; t <= p; t++) m = sr[t] > m ? sr[t] : m;                         \
+                            _Pragma("omp simd reduction(+ : sum)")                                                   \
+                            for (int64_t t = lo; t <= p; t++) {                                                      \
+                                sr[t] = expf(sr[t] - m);                                                             \
+                                sum += sr[t];                                                                        \
+                            }                                                                                        \
+                            ex[g] = sr;                                                                              \
+                            invs[g] = 1.f / sum;                                                                     \
+                            dst[g] = out + (i * H + kh * G + g0 + g) * hd;                                           \
+                        }                                                                                            \
+                        int64_t g = 0;                                                                               \
+                        if (nd == 4) {                                                                               \
+                            for (; g + 4 <= gn; g += 4) PV_GROUP_AT(4, 4, g);                                        \
+                            for (; g + 3 <= gn; g += 3) PV_GROUP_AT(4, 3, g);                                        \
+                            for (; g + 2 <= gn; g += 2) PV_GROUP_AT(4, 2, g);                                        \
+                        } else if (nd == 8) {                                                                        \
+                            for (; g + 2 <= gn; g += 2) PV_GROUP_AT(8, 2, g);                                        \
+                        }                                                                                            \
+                        for (; g < gn; g++) pv_one(vrows, hd, ex[g], invs[g], lo, p, dst[g]);                        \
                     }                                                                                                \
                 }                                                                                                    \
                 free(s);                                                                                             \
@@ -219,11 +246,21 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
         }                                                                                                            \
     }                                                                                                                \
     free(kt);                                                                                                        \
+    free(vt);                                                                                                        \
     return failed ? -1 : 0;                                                                                          \
 }
 
-PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32, ld16_f32)
-PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16, ld16_bf16)
+/* PV_GROUP over heads g .. g+GB-1 of the current query (shifted views of ex, invs, dst) */
+#define PV_GROUP_AT(ND, GB, G0)                                                                                      \
+    do {                                                                                                             \
+        const float *const *exs = ex + (G0);                                                                         \
+        const float *invp = invs + (G0);                                                                             \
+        float *const *dsts = dst + (G0);                                                                             \
+        PV_GROUP_BODY(ND, GB, exs, invp, dsts);                                                                      \
+    } while (0)
+
+PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32)
+PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16)
 #else
 int kaip_paged_prefill_f32(void) { return -2; }
 int kaip_paged_prefill_bf16(void) { return -2; }
