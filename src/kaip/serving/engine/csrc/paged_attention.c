@@ -140,9 +140,27 @@ PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
         }                                                                                                            \
     } while (0)
 
-/* one query head at a time, for head sizes without a grouped variant */
+/* one query head at a time, for head sizes without a grouped variant: 64 columns at a time, four independent
+ * accumulators (one alone would wait on its own FMA's latency at every key) */
 static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, int64_t lo, int64_t p, float *dst) {
-    for (int64_t c = 0; c < hd; c += 16) {
+    int64_t c = 0;
+    for (; c + 64 <= hd; c += 64) {
+        __m512 o0 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps(), o2 = _mm512_setzero_ps(), o3 = _mm512_setzero_ps();
+        for (int64_t t = lo; t <= p; t++) {
+            const __m512 w = _mm512_set1_ps(ex[t]);
+            const float *vr = vrows + t * hd + c;
+            o0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr), o0);
+            o1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16), o1);
+            o2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 32), o2);
+            o3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 48), o3);
+        }
+        const __m512 scale = _mm512_set1_ps(inv);
+        _mm512_storeu_ps(dst + c, _mm512_mul_ps(o0, scale));
+        _mm512_storeu_ps(dst + c + 16, _mm512_mul_ps(o1, scale));
+        _mm512_storeu_ps(dst + c + 32, _mm512_mul_ps(o2, scale));
+        _mm512_storeu_ps(dst + c + 48, _mm512_mul_ps(o3, scale));
+    }
+    for (; c < hd; c += 16) {
         __m512 o = _mm512_setzero_ps();
         for (int64_t t = lo; t <= p; t++) o = _mm512_fmadd_ps(_mm512_set1_ps(ex[t]), _mm512_loadu_ps(vrows + t * hd + c), o);
         _mm512_storeu_ps(dst + c, _mm512_mul_ps(o, _mm512_set1_ps(inv)));
