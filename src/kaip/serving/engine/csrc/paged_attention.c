@@ -1,10 +1,11 @@
-/* Decode attention read straight from the paged KV cache: one query token per sequence, keys and values taken
- * block by block through the sequence's block table, so nothing is gathered into a padded copy first.
+/* Attention read straight from the paged KV cache — keys and values taken block by block through a sequence's
+ * block table, so nothing is gathered into a padded copy first: decode (one query token per sequence, portable C)
+ * and prefill (a chunk of queries of one sequence, AVX-512; further below).
  *
  * Built by kaip.serving.engine.native (cc -O3 -march=native -fopenmp) and called through ctypes; OpenMP resolves to
  * the libgomp torch has already loaded, so this shares torch's thread pool instead of starting a second one.
  *
- * Layouts (contiguous):
+ * Decode layouts (contiguous):
  *   q, out      [n, H, hd] float32           queries of the n sequences; the attention output
  *   k, v        [num_blocks, bs, KVH, hd]    the layer's cache, float32 or bfloat16 (two functions below)
  *   tables      [n, max_blocks] int64        block ids, in order of position
@@ -108,8 +109,9 @@ PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
  * 0 .. start+n-1 (causal; with a window, the last `window` positions). The chunk's own K/V are already in the
  * cache. Written with AVX-512 because the score step must not end in a horizontal sum per (query, key, head), as
  * the decode loop above does: each kv head's keys are first transposed into 16-key tiles [hd][16] (float32), so
- * 16 scores of one query head are 16 lanes of one register built by hd broadcast-FMAs, eight query rows at a time.
- * Head sizes that are a multiple of 16 up to 256; returns -2 otherwise (and where AVX-512 is missing), and the
+ * 16 scores of one query head are 16 lanes of one register built by hd broadcast-FMAs, eight query rows at a time;
+ * values are widened once into a contiguous float32 copy for P·V (`PV_GROUP_BODY`, `pv_one`). Head sizes that are
+ * a multiple of 16 up to 256; returns -2 otherwise (and where AVX-512 is missing), and the
  * caller uses torch's SDPA. q, out: [n, H, hd] float32. */
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -120,7 +122,7 @@ PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
 /* o[g] = (sum over visible keys t of e[g][t] * V[t]) / sum[g] for GB query heads of one query position at once:
  * they share the key range and the value rows, so each row of V (float32, contiguous) is loaded once for GB heads.
  * ND 16-float chunks per head; constant counts keep the GB * ND accumulators in registers. */
-#define PV_GROUP_BODY(ND, GB, EXS, INVS, DSTS)                                                                                   \
+#define PV_GROUP_BODY(ND, GB, EXS, INVS, DSTS)                                                               \
     do {                                                                                                             \
         __m512 o[GB][ND];                                                                                            \
         for (int64_t g = 0; g < (GB); g++)                                                                           \
@@ -162,10 +164,20 @@ static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, i
     }
     for (; c < hd; c += 16) {
         __m512 o = _mm512_setzero_ps();
-        for (int64_t t = lo; t <= p; t++) o = _mm512_fmadd_ps(_mm512_set1_ps(ex[t]), _mm512_loadu_ps(vrows + t * hd + c), o);
+        for (int64_t t = lo; t <= p; t++)
+            o = _mm512_fmadd_ps(_mm512_set1_ps(ex[t]), _mm512_loadu_ps(vrows + t * hd + c), o);
         _mm512_storeu_ps(dst + c, _mm512_mul_ps(o, _mm512_set1_ps(inv)));
     }
 }
+
+/* PV_GROUP over heads g .. g+GB-1 of the current query (shifted views of ex, invs, dst) */
+#define PV_GROUP_AT(ND, GB, G0)                                                                                      \
+    do {                                                                                                             \
+        const float *const *exs = ex + (G0);                                                                         \
+        const float *invp = invs + (G0);                                                                             \
+        float *const *dsts = dst + (G0);                                                                             \
+        PV_GROUP_BODY(ND, GB, exs, invp, dsts);                                                                      \
+    } while (0)
 
 #define PAGED_PREFILL(NAME, T, LOAD)                                                                                 \
 int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n, int64_t window,     \
@@ -267,15 +279,6 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
     free(vt);                                                                                                        \
     return failed ? -1 : 0;                                                                                          \
 }
-
-/* PV_GROUP over heads g .. g+GB-1 of the current query (shifted views of ex, invs, dst) */
-#define PV_GROUP_AT(ND, GB, G0)                                                                                      \
-    do {                                                                                                             \
-        const float *const *exs = ex + (G0);                                                                         \
-        const float *invp = invs + (G0);                                                                             \
-        float *const *dsts = dst + (G0);                                                                             \
-        PV_GROUP_BODY(ND, GB, exs, invp, dsts);                                                                      \
-    } while (0)
 
 PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32)
 PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16)
