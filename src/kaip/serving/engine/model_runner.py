@@ -341,6 +341,7 @@ class PagedRunner:
         H, KVH, hd = self.num_heads, self.num_kv_heads, self.head_dim
         gqa = H != KVH
         scale = spec.attn_scale
+        kernel_scale = scale or hd ** -0.5  # the C kernels take the scale explicitly (SDPA's default otherwise)
         for li, layer in enumerate(self.layers):
             x = self._rms(h, layer.in_norm)
             qkv = layer.qkv(x)
@@ -361,7 +362,7 @@ class PagedRunner:
             outs = []
             if nd and self.native_decode:
                 od = native.paged_decode(q[:nd].float(), kb, vb, dec_blocks, dec_ctx, dec_lo[layer.layer_type],
-                                         scale or hd ** -0.5)
+                                         kernel_scale)
                 outs.append(od.to(q.dtype).view(nd, H * hd))
             elif nd:
                 qd = q[:nd].unsqueeze(2)  # [nd, H, 1, hd]
@@ -373,7 +374,7 @@ class PagedRunner:
                 n = s.num_tokens
                 if self.native_prefill:
                     op = native.paged_prefill(q[start:start + n].float(), kb, vb, table, s.start,
-                                              window if layer.layer_type == SLIDING else None, scale or hd ** -0.5)
+                                              window if layer.layer_type == SLIDING else None, kernel_scale)
                     outs.append(op.to(q.dtype).view(n, H * hd))
                     continue
                 qp = q[start:start + n].transpose(0, 1)[None]  # [1, H, n, hd]

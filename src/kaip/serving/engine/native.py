@@ -29,6 +29,8 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC"]
 _LIBS = ["-lmvec", "-lm"]  # glibc's vector expf, which -ffast-math lets the softmax loop use
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+_decode: dict[torch.dtype, ctypes._CFuncPtr] = {}  # by the cache's dtype, filled when the library loads
+_prefill: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _error: str | None = None
 _i64, _f32p = ctypes.c_int64, ctypes.c_void_p
 
@@ -69,12 +71,12 @@ def _build() -> ctypes.CDLL:
                 if os.path.exists(leftover):
                     os.unlink(leftover)
     lib = ctypes.CDLL(str(target))
-    for fn in (lib.kaip_paged_decode_f32, lib.kaip_paged_decode_bf16):
-        fn.argtypes = [_f32p] * 7 + [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
-        fn.restype = ctypes.c_int
-    for fn in (lib.kaip_paged_prefill_f32, lib.kaip_paged_prefill_bf16):
-        fn.argtypes = [_f32p] * 4 + [_i64] * 3 + [_f32p] + [_i64] * 4 + [ctypes.c_float, ctypes.c_int]
-        fn.restype = ctypes.c_int
+    for dtype, suffix in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+        decode, prefill = getattr(lib, f"kaip_paged_decode_{suffix}"), getattr(lib, f"kaip_paged_prefill_{suffix}")
+        decode.argtypes = [_f32p] * 7 + [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
+        prefill.argtypes = [_f32p] * 4 + [_i64] * 3 + [_f32p] + [_i64] * 4 + [ctypes.c_float, ctypes.c_int]
+        decode.restype = prefill.restype = ctypes.c_int
+        _decode[dtype], _prefill[dtype] = decode, prefill
     return lib
 
 
@@ -106,9 +108,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     q = q.contiguous()
     tables, ctx, lo = tables.contiguous(), ctx.contiguous(), lo.contiguous()
     out = torch.empty_like(q)
-    kernels = {torch.float32: _lib.kaip_paged_decode_f32, torch.bfloat16: _lib.kaip_paged_decode_bf16}
-    kernel = kernels[k_cache.dtype]
-    rc = kernel(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(),
+    rc = _decode[k_cache.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(),
                                 ctx.data_ptr(), lo.data_ptr(), out.data_ptr(), n, H, KVH, hd, bs, tables.shape[1],
                                 scale, torch.get_num_threads())
     if rc:
@@ -135,9 +135,8 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     _, bs, KVH, _ = k_cache.shape
     q, table = q.contiguous(), table.contiguous()
     out = torch.empty_like(q)
-    kernels = {torch.float32: _lib.kaip_paged_prefill_f32, torch.bfloat16: _lib.kaip_paged_prefill_bf16}
-    rc = kernels[k_cache.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table.data_ptr(), start, n,
-                                window or 0, out.data_ptr(), H, KVH, hd, bs, scale, torch.get_num_threads())
+    rc = _prefill[k_cache.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table.data_ptr(), start, n,
+                                 window or 0, out.data_ptr(), H, KVH, hd, bs, scale, torch.get_num_threads())
     if rc == -2:
         return None
     if rc:
