@@ -166,9 +166,19 @@ class FastPaths:
 
     def __init__(self, app: ASGIApp, prefixes: dict[str, ASGIApp]) -> None:
         self.app = app
+        self.serving = prefixes.get("/serving")  # the gateway, without the body limit (see `dataplane.py`)
         self.prefixes = [(prefix, BodyLimit(target)) for prefix, target in prefixes.items()]
         self.gateway = next((target for prefix, target in self.prefixes if prefix == "/serving"), None)
         self.domain = ingress_domain().encode()
+
+    def serving_path(self, path: str, host: bytes) -> str | None:
+        """The gateway's path for a request (`/serving/...`), or None when the request is not the gateway's."""
+        if self.serving is None:
+            return None
+        if path.startswith("/serving/"):
+            return path
+        found = host_route(host, self.domain) if self.domain in host else None
+        return None if found is None else f"/serving/{found[0]}/{found[1]}{path}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -179,13 +189,21 @@ class FastPaths:
                     return
             if self.gateway is not None and scope["type"] == "http":
                 host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"")
-                found = host_route(host, self.domain) if self.domain in host else None
-                if found is not None:
-                    rewritten = f"/serving/{found[0]}/{found[1]}{path}"
+                rewritten = self.serving_path(path, host)
+                if rewritten is not None:
                     await self.gateway({**scope, "path": rewritten, "raw_path": rewritten.encode(),
                                         "root_path": scope.get("root_path", "") + "/serving"}, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    def protocol(self) -> Any:
+        """The connection protocol for `uvicorn.Config(http=...)`: inference requests are answered by
+        `dataplane.DataPlaneProtocol`, everything else by uvicorn's own. "auto" when there is no gateway."""
+        if self.serving is None:
+            return "auto"
+        from kaip.server.dataplane import protocol_factory
+
+        return protocol_factory(self.serving, self.serving_path, MAX_BODY_BYTES)
 
 
 def fast_paths(app: FastAPI, prefixes: tuple[str, ...] = ("/serving", "/workbenches")) -> ASGIApp:

@@ -220,6 +220,16 @@ class KaipServer:
             self._asgi = fast_paths(self.app)
         return self._asgi
 
+    def uvicorn_config(self, host: str, port: int, **options: Any) -> Any:
+        """uvicorn's configuration for serving this server: the application, and the connection protocol that
+        answers inference requests itself (`dataplane.py`)."""
+        import uvicorn
+
+        asgi = self.asgi
+        http = asgi.protocol() if hasattr(asgi, "protocol") else "auto"
+        return uvicorn.Config(asgi, host=host, port=port, http=http, log_level="warning", access_log=False,
+                              **options)
+
     def start(self) -> None:
         self.manager.start()
         threading.Thread(target=self._compactor, name="compactor", daemon=True).start()
@@ -244,16 +254,13 @@ class KaipServer:
         self.lock.release()
 
     def serve(self, host: str, port: int) -> None:
-        import uvicorn
 
         url = f"http://{host}:{port}"
         self.bootstrap(url)
         self.start()
         log.info("Kaip %s serving on %s (home %s)", self.store.url.split("://")[0], url, self.home)
         try:
-            config = uvicorn.Config(self.asgi, host=host, port=port, log_level="warning", access_log=False,
-                                    timeout_graceful_shutdown=5)
-            _uvicorn_server(config, self.ctx.stopping).run()
+            _uvicorn_server(self.uvicorn_config(host, port, timeout_graceful_shutdown=5), self.ctx.stopping).run()
         finally:
             self.stop()
 

@@ -45,8 +45,7 @@ def live_server(home: Path, *, database_url: str | None = None, bookmark_seconds
                       resync_seconds=resync_seconds)
     token = kaip.bootstrap(url)
     kaip.start()
-    server = uvicorn.Server(uvicorn.Config(kaip.asgi, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=1))
+    server = uvicorn.Server(kaip.uvicorn_config("127.0.0.1", port, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
