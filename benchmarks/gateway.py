@@ -1,7 +1,10 @@
 """Gateway overhead: the same requests direct to a runtime process and through the Kaip gateway, at fixed
-concurrency, in one run. Prints p50/p99 latency of each path, the added latency and the throughput ratio.
+concurrency, in one run. Prints p50/p99 latency of each path, the added latency and the throughput ratio, and the
+CPU time each process spent per request (gateway, runtime, load generator) — on a small machine the three share
+the cores, so the ratio is bounded by their sum. With `--repeat N` each pair runs N times, alternating, and the
+medians are printed.
 
-    .venv/bin/python benchmarks/gateway.py [--requests 2000] [--concurrency 16 64]
+    .venv/bin/python benchmarks/gateway.py [--requests 10000] [--concurrency 16 64] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -58,10 +63,37 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(url: str, n: int, conc: int, headers: dict[str, str], pids: dict[str, int]) -> dict[str, float]:
+    """One closed-loop run: latency percentiles, throughput and microseconds of CPU per request per process."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client = own_cpu()
+    lat, rps = asyncio.run(run(url, IRIS, n, conc, headers))
+    out = {"p50": pct(lat, 50), "p99": pct(lat, 99), "rps": rps, "client": (own_cpu() - client) / n * 1e6}
+    out.update({name: (cpu_seconds(pid) - before[name]) / n * 1e6 for name, pid in pids.items()})
+    return out
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each pair; medians are printed")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     model = build_iris_model(tmp / "iris")
@@ -75,22 +107,36 @@ def main() -> None:
             for name in ("iris", "echo"):
                 wait_ready(c, name)
             pods = c.get("/api/v1/namespaces/default/pods").json()["items"]
-            port = {p["metadata"]["labels"]["serving.kserve.io/inferenceservice"]:
-                    p["metadata"]["annotations"]["serving.kaip.dev/port"] for p in pods}
+            port, pid = {}, {}
+            for p in pods:
+                isvc = p["metadata"]["labels"]["serving.kserve.io/inferenceservice"]
+                port[isvc] = p["metadata"]["annotations"]["serving.kaip.dev/port"]
+                container_id = p["status"]["containerStatuses"][0]["containerID"]  # process://PID@ticks
+                pid[isvc] = int(container_id.removeprefix("process://").partition("@")[0])
+            with open(f"/proc/{pid['echo']}/stat") as fh:
+                server_pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # the runtime's parent: the Kaip server
             auth = {"Authorization": f"Bearer {token}"}
             print(f"{'model':<6} {'conc':>4} {'direct p50':>10} {'p99':>7} {'gateway p50':>11} {'p99':>7} "
-                  f"{'added p50':>9} {'added p99':>9} {'direct rps':>10} {'gw rps':>7} {'ratio':>6}")
+                  f"{'added p50':>9} {'added p99':>9} {'direct rps':>10} {'gw rps':>7} {'ratio':>6}   "
+                  "CPU µs/request: gateway, runtime (direct/via), client (direct/via)")
             for name, path in (("iris", "/v1/models/iris:predict"), ("echo", "/v1/models/echo:predict")):
                 for conc in args.concurrency:
-                    d_lat, d_rps = asyncio.run(run(f"http://127.0.0.1:{port[name]}{path}", IRIS, args.requests,
-                                                   conc, {}))
-                    g_lat, g_rps = asyncio.run(run(f"{url}/serving/default/{name}{path}", IRIS,
-                                                   args.requests, conc, auth))
-                    print(f"{name:<6} {conc:>4} {pct(d_lat, 50):>8.2f}ms {pct(d_lat, 99):>5.1f}ms "
-                          f"{pct(g_lat, 50):>9.2f}ms {pct(g_lat, 99):>5.1f}ms "
-                          f"{pct(g_lat, 50) - pct(d_lat, 50):>7.2f}ms "
-                          f"{pct(g_lat, 99) - pct(d_lat, 99):>7.1f}ms {d_rps:>10.0f} {g_rps:>7.0f} "
-                          f"{g_rps / d_rps:>6.2f}", flush=True)
+                    direct, via = [], []
+                    for _ in range(args.repeat):
+                        direct.append(measured(f"http://127.0.0.1:{port[name]}{path}", args.requests, conc, {},
+                                               {"runtime": pid[name]}))
+                        via.append(measured(f"{url}/serving/default/{name}{path}", args.requests, conc, auth,
+                                            {"runtime": pid[name], "gateway": server_pid}))
+                    ratios = [g["rps"] / d["rps"] for d, g in zip(direct, via, strict=True)]
+                    d50, d99, g50, g99 = (median(direct, "p50"), median(direct, "p99"), median(via, "p50"),
+                                          median(via, "p99"))
+                    print(f"{name:<6} {conc:>4} {d50:>8.2f}ms {d99:>5.1f}ms {g50:>9.2f}ms {g99:>5.1f}ms "
+                          f"{statistics.median(g['p50'] - d['p50'] for d, g in zip(direct, via, strict=True)):>7.2f}ms "
+                          f"{statistics.median(g['p99'] - d['p99'] for d, g in zip(direct, via, strict=True)):>7.1f}ms "
+                          f"{median(direct, 'rps'):>10.0f} {median(via, 'rps'):>7.0f} "
+                          f"{statistics.median(ratios):>6.2f}   {median(via, 'gateway'):>5.0f}, "
+                          f"{median(direct, 'runtime'):.0f}/{median(via, 'runtime'):.0f}, "
+                          f"{median(direct, 'client'):.0f}/{median(via, 'client'):.0f}", flush=True)
         finally:
             delete_all(c)
 

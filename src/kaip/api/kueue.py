@@ -63,6 +63,9 @@ def _name(value: str) -> str:
 
 # ---- shared pieces ------------------------------------------------------------------------------------
 
+INT32_MAX = 2 ** 31 - 1  # upstream Go types bound integers (`format: int32` / `int64` in the CRDs)
+INT64_MAX = 2 ** 63 - 1
+
 class LabelSelectorRequirement(Schema):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
@@ -158,7 +161,7 @@ class Toleration(Schema):
     operator: Literal["Equal", "Exists"] | None = None
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    tolerationSeconds: int | None = None
+    tolerationSeconds: int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)  # format: int64
 
 
 _EFFECT_MESSAGE = "supported taint effect values: 'NoSchedule', 'PreferNoSchedule', 'NoExecute'"
@@ -329,8 +332,6 @@ class TemplateMeta(Schema):
     annotations: dict[str, str] | None = None
 
 
-INT32_MAX = 2 ** 31 - 1
-INT64_MAX = 2 ** 63 - 1
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 

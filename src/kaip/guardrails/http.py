@@ -345,7 +345,7 @@ class ServingShim:
             if root and path.startswith(root):
                 path = path[len(root):]
             parts = path.removeprefix("/serving").lstrip("/").split("/", 2)
-            if len(parts) == 3 and any(("/" + parts[2]).startswith(p) for p in self.PATHS) and \
+            if len(parts) == 3 and ("/" + parts[2]).startswith(self.PATHS) and \
                     await self._known(parts[0], parts[1]):
                 await self.app(scope, receive, send)
                 return

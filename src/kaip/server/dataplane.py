@@ -366,21 +366,27 @@ class _ResponseWriter:
 
     def _write_head(self, out: list[bytes], first: int, more: bool) -> None:
         headers = self._headers
-        names = {k.lower() for k, _ in headers}
-        if b"content-length" not in names:
+        has_length = has_connection = False
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length":
+                has_length = True
+            elif name == b"connection":
+                has_connection = True
+                if value.lower() == b"close":
+                    self.keep_alive = False
+        if not has_length:
             if more:
                 self._chunked = self.request.method != "HEAD" and self._status not in (204, 304)
                 if self._chunked:
                     headers.append((b"transfer-encoding", b"chunked"))
             elif self._status not in (204, 304):
-                headers.append((b"content-length", str(first).encode()))
+                headers.append((b"content-length", b"%d" % first))
         if self.conn._closing:
             self.keep_alive = False
-        if not self.keep_alive and b"connection" not in names:
+        if not self.keep_alive and not has_connection:
             headers.append((b"connection", b"close"))
-        elif any(k.lower() == b"connection" and v.lower() == b"close" for k, v in headers):
-            self.keep_alive = False
-        out.append(STATUS_LINES.get(self._status) or f"HTTP/1.1 {self._status} \r\n".encode())
+        out.append(STATUS_LINES.get(self._status) or b"HTTP/1.1 %d \r\n" % self._status)
         out.extend(b"%b: %b\r\n" % (k, v) for k, v in headers)
         out.append(b"\r\n")
 

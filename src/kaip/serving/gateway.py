@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ MAX_ATTEMPTS = 5
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"host",
               b"authorization", b"content-length", b"proxy-authorization"}
 RESPONSE_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+RESPONSE_HOP_BYTES = {h.encode() for h in RESPONSE_HOP}
 LOG_CAPTURE_LIMIT = 1024 * 1024
 REVISION_HEADER = b"x-kaip-revision"  # which revision answered: lets clients and tests see the split
 
@@ -78,7 +79,29 @@ class Rewrite:
 
 class RequestHook(Protocol):
     async def request(self, route: Route, path: str, body: bytes, user: str | None,
-                      headers: dict[str, str]) -> tuple[bytes | Reply, JsonTransform | Rewrite | None]: ...
+                      headers: Mapping[str, str]) -> tuple[bytes | Reply, JsonTransform | Rewrite | None]: ...
+
+
+class _HeaderView(Mapping[str, str]):
+    """The request's headers by lower-case name, built only if a hook looks at them (most requests' hooks do not)."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._dict: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        if self._dict is None:
+            self._dict = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw}
+        return self._dict
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 class GatewayError(Exception):
@@ -286,7 +309,7 @@ class Gateway:
         rewrites: list[Rewrite] = []
         if not self.hooks or scope["method"] != "POST":
             return body, rewrites
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = _HeaderView(scope.get("headers", []))
         for hook in self.hooks:
             try:
                 result, transform = await hook.request(route, rest, body, user, headers)
@@ -307,8 +330,8 @@ class Gateway:
         records = [r.record for r in rewrites if r.record is not None]
         req_headers = [(k, v) for k, v in scope.get("headers", []) if k not in HOP_BY_HOP
                        and k not in self.private_headers]
-        request_id = next((v.decode() for k, v in req_headers if k in (b"x-request-id", b"ce-id")), None) \
-            or str(uuid.uuid4())
+        request_id = (next((v.decode() for k, v in req_headers if k in (b"x-request-id", b"ce-id")), None)
+                      or str(uuid.uuid4())) if route.logger is not None else ""
         if isinstance(hooked, Reply):
             await send({"type": "http.response.start", "status": hooked.status,
                         "headers": [(b"content-type", hooked.content_type.encode()),
@@ -326,7 +349,7 @@ class Gateway:
         labels = (route.namespace, route.name, revision, protocol)
         meter = self.system.meter(route.namespace, revision)
         meter.start(started)
-        inflight = self.metrics.inflight.labels(*labels)
+        inflight, latency, failures = self.metrics.series(labels)
         inflight.inc()
         code = 502
         captured: list[bytes] = []
@@ -342,10 +365,10 @@ class Gateway:
             now = time.monotonic()
             meter.end(now)
             inflight.dec()
-            self.metrics.requests.labels(*labels, str(code)).inc()
-            self.metrics.latency.labels(*labels).observe(now - started)
+            self.metrics.requests_for(labels, code).inc()
+            latency.observe(now - started)
             if code >= 500:
-                self.metrics.errors.labels(*labels).inc()
+                failures.inc()
             if route.logger is not None:
                 self._log_prediction(route, revision, rest, body, scope, code, b"".join(captured), request_id,
                                      now - started, records)
@@ -459,9 +482,8 @@ class Gateway:
     async def _stream(send: Send, response: UpstreamResponse, captured: list[bytes] | None,
                       revision: str, streams: list[StreamTransform] | None = None,
                       relocate: tuple[str, str] | None = None) -> None:
-        drop = RESPONSE_HOP | {"content-length"} if streams else RESPONSE_HOP
-        headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in drop],
-                             relocate)
+        drop = RESPONSE_HOP_BYTES | {b"content-length"} if streams else RESPONSE_HOP_BYTES
+        headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower() not in drop], relocate)
         headers.append((REVISION_HEADER, revision.encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         size = 0
@@ -473,6 +495,9 @@ class Gateway:
                 if captured is not None and size < LOG_CAPTURE_LIMIT:
                     captured.append(chunk)
                     size += len(chunk)
+                if not streams and response.ended:  # the last bytes: sent as such, one send (and write) less
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamError, TimeoutError) as err:
             log.warning("upstream stream broke: %r", err)

@@ -72,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None  # None while idle
+        self._spare: httptools.HttpResponseParser | None = None  # kept for the connection's next exchange
         self._waiter: asyncio.Future[bool] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
@@ -197,7 +198,8 @@ class _Connection(asyncio.Protocol):
             raise TimeoutError(f"no answer from {self.key[0]}:{self.key[1]} within {timeout:g}s")
 
     def start(self, data: bytes, head_only: bool) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        # A parser that finished a keep-alive response is ready for the next one (llhttp resets itself).
+        self._parser, self._spare = self._spare or httptools.HttpResponseParser(self), None
         self._headers = []
         self._chunks = []
         self._buffered = 0
@@ -238,7 +240,8 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The exchange is over: back to the pool if the connection can carry another, else closed."""
         if self.reusable():
-            self._parser = None
+            # After a HEAD answer the parser still expects the body its Content-Length announced: not reused.
+            self._parser, self._spare = None, None if self._head_only else self._parser
             self.pool._idle(self)
         else:
             self.close()
@@ -276,6 +279,12 @@ class UpstreamResponse:
             for name, value in self.raw_headers:
                 self._headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
         return self._headers
+
+    @property
+    def ended(self) -> bool:
+        """Whether the body bytes returned so far are all of it."""
+        conn = self._conn
+        return conn is None or (conn.done and not conn._chunks)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
