@@ -112,9 +112,11 @@ def main() -> None:
                 isvc = p["metadata"]["labels"]["serving.kserve.io/inferenceservice"]
                 port[isvc] = p["metadata"]["annotations"]["serving.kaip.dev/port"]
                 container_id = p["status"]["containerStatuses"][0]["containerID"]  # process://PID@ticks
-                pid[isvc] = int(container_id.removeprefix("process://").partition("@")[0])
-            with open(f"/proc/{pid['echo']}/stat") as fh:
-                server_pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # the runtime's parent: the Kaip server
+                shim = int(container_id.removeprefix("process://").partition("@")[0])  # the executor's shim
+                with open(f"/proc/{shim}/task/{shim}/children") as fh:
+                    pid[isvc] = int(fh.read().split()[0])  # the runtime itself
+                with open(f"/proc/{shim}/stat") as fh:
+                    server_pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # the shim's parent: the Kaip server
             auth = {"Authorization": f"Bearer {token}"}
             print(f"{'model':<6} {'conc':>4} {'direct p50':>10} {'p99':>7} {'gateway p50':>11} {'p99':>7} "
                   f"{'added p50':>9} {'added p99':>9} {'direct rps':>10} {'gw rps':>7} {'ratio':>6}   "

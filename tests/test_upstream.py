@@ -135,9 +135,11 @@ def test_request_framing_and_target() -> None:
             assert headers1[b"host"] == b"model.example" and b"content-length" not in headers1
             assert line2 == b"POST / HTTP/1.1"
             assert headers2[b"content-length"] == b"0" and b"transfer-encoding" not in headers2
-            with pytest.raises(ValueError):
-                await pool.request("GET", server.url, [(b"x-a", b"1\r\nx-b: 2")], b"", connect_timeout=1,
-                                   read_timeout=1)
+            for bad in ((b"x-a", b"1\r\nx-b: 2"), (b"x-a", b"1\n"), (b"x-a", b"\r1"), (b"x\na", b"1"),
+                        (b"x:a", b"1")):
+                with pytest.raises(ValueError, match="invalid header"):
+                    await pool.request("GET", server.url, [(b"ok", b"1"), bad], b"", connect_timeout=1,
+                                       read_timeout=1)
             with pytest.raises(ValueError):
                 await pool.request("GET", "https://127.0.0.1/", [], b"", connect_timeout=1, read_timeout=1)
 

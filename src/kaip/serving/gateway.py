@@ -404,8 +404,10 @@ class Gateway:
                     raise GatewayError(504, f"the model did not answer within {route.timeout:.0f}s "
                                             "(spec.predictor.timeout)") from err
                 try:
-                    ctype = response.headers.get("content-type", "")
-                    relocate = (ep.url, public) if public and "location" in response.headers else None
+                    # Looked at only when something depends on them: most answers are passed on untouched.
+                    ctype = response.headers.get("content-type", "") if transforms or streams else ""
+                    relocate = (ep.url, public) if public and any(
+                        k.lower() == b"location" for k, _ in response.raw_headers) else None
                     if transforms and response.status == 200 and ctype.startswith("application/json"):
                         await self._send_transformed(send, response, transforms, revision, captured
                                                      if route.logger is not None else None, relocate)

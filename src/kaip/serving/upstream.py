@@ -397,7 +397,7 @@ class UpstreamPool:
                 continue
             if lowered == b"host":
                 has_host = True
-            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            if b":" in name:
                 raise ValueError(f"invalid header {name!r}")
             lines.append(b"%s: %s\r\n" % (name, value))
         if not has_host:
@@ -405,8 +405,12 @@ class UpstreamPool:
         if body or method not in _NO_BODY_METHODS:
             lines.append(b"Content-Length: %d\r\n" % len(body))
         lines.append(b"\r\n")
-        lines.append(body)
-        return b"".join(lines)
+        head = b"".join(lines)
+        # Each line ends in CRLF and no name, value or target may hold one: counted once over the whole head.
+        if head.count(b"\r") != len(lines) or head.count(b"\n") != len(lines):
+            bad = next((h for h in headers if any(c in x for x in h for c in (b"\r", b"\n"))), None)
+            raise ValueError(f"invalid header {bad!r}" if bad else f"invalid request target {target!r}")
+        return head + body if body else head
 
     async def _exchange(self, conn: _Connection, data: bytes, head_only: bool, timeout: float) -> UpstreamResponse:
         conn.start(data, head_only)
