@@ -17,7 +17,7 @@ import uvicorn
 import websockets.sync.client
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -42,6 +42,13 @@ async def serving(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     if path.endswith("/wait"):
         assert (await receive())["type"] == "http.disconnect"
         disconnects.append(path)
+        return
+    if path.endswith("/sse"):  # Starlette's streaming response: waits on receive() for a disconnect meanwhile
+        async def events():  # type: ignore[no-untyped-def]
+            for i in range(3):
+                yield f"data: {i}\n\n"
+                await asyncio.sleep(0.01)
+        await StreamingResponse(events(), media_type="text/event-stream")(scope, receive, send)
         return
     if path.endswith("/stream"):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
@@ -201,6 +208,14 @@ def test_streamed_answer_is_sent_chunked_as_it_comes(server: int) -> None:
         assert "content-length" not in r.headers
         parts = list(r.iter_raw())
     assert b"".join(parts) == b"one two three"
+
+
+def test_streams_that_listen_for_a_disconnect_work_again_on_the_same_connection(server: int) -> None:
+    with httpx.Client() as client:  # one keep-alive connection
+        for _ in range(3):
+            r = client.get(f"http://127.0.0.1:{server}/serving/a/b/sse")
+            assert r.status_code == 200
+            assert r.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
 
 
 def test_declared_oversized_body_is_refused_with_413_and_closed(server: int) -> None:

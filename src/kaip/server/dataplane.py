@@ -81,7 +81,7 @@ class DataPlaneProtocol(asyncio.Protocol):
         self._closing = False  # close once the response in progress is sent (shutdown, Connection: close)
         self._handover: bytearray | None = None  # bytes for uvicorn's protocol, once a request is not ours
         self._disconnected = False
-        self._lost: asyncio.Future[None] | None = None
+        self._lost: list[asyncio.Future[None]] = []  # one per waiter: cancelling a waiter cancels its future
         self._drained: asyncio.Future[None] | None = None
         self._write_paused = False
         self._idle: asyncio.TimerHandle | None = None
@@ -99,9 +99,10 @@ class DataPlaneProtocol(asyncio.Protocol):
         self._disconnected = True
         self.server_state.connections.discard(self)
         self._cancel_idle()
-        for waiter in (self._lost, self._drained):
+        for waiter in (*self._lost, self._drained):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        self._lost.clear()
 
     def data_received(self, data: bytes) -> None:
         self._cancel_idle()
@@ -301,10 +302,16 @@ class DataPlaneProtocol(asyncio.Protocol):
             await self._drained
 
     async def disconnected(self) -> None:
+        """Until the client goes away. Starlette's streaming responses wait on this and cancel the wait when the
+        stream ends, which cancels the future awaited: each wait has its own."""
         if not self._disconnected:
-            if self._lost is None:
-                self._lost = self.loop.create_future()
-            await self._lost
+            waiter = self.loop.create_future()
+            self._lost.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._lost:
+                    self._lost.remove(waiter)
 
 
 class _ResponseWriter:
