@@ -148,6 +148,7 @@ def test_inference_request_is_answered_by_the_gateway_app(server: int) -> None:
     r = httpx.post(f"http://127.0.0.1:{server}/serving/default/iris/v1/models/iris:predict?x=1", content=b"abc")
     assert r.status_code == 200
     assert r.headers["content-length"] == str(len(r.content))
+    assert r.headers["server"] == "uvicorn" and r.headers["date"].endswith(" GMT")  # as uvicorn's own answers
     assert r.json() == {"by": "gateway", "method": "POST", "path": "/serving/default/iris/v1/models/iris:predict",
                         "root_path": "/serving", "query": "x=1", "body": "abc", "more": False}
 

@@ -374,14 +374,18 @@ class _ResponseWriter:
     def _write_head(self, out: list[bytes], first: int, more: bool) -> None:
         headers = self._headers
         has_length = has_connection = False
+        names = set()
         for name, value in headers:
             name = name.lower()
+            names.add(name)
             if name == b"content-length":
                 has_length = True
             elif name == b"connection":
                 has_connection = True
                 if value.lower() == b"close":
                     self.keep_alive = False
+        # uvicorn's Date and Server headers (refreshed each second), unless the answer has its own (a replica's)
+        headers[:0] = [h for h in self.conn.server_state.default_headers if h[0] not in names]
         if not has_length:
             if more:
                 self._chunked = self.request.method != "HEAD" and self._status not in (204, 304)
