@@ -27,6 +27,40 @@ def _reference(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, tables: torc
     return out.squeeze(2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 1, 256), (2, 2, 6)])
+def test_rotary_equals_torchs_elementwise_operations_bit_for_bit(heads: int, kv_heads: int, head_dim: int,
+                                                                 dtype: torch.dtype) -> None:
+    assert native.available()
+    g = torch.Generator().manual_seed(heads * head_dim)
+    rows = 37
+    qkv = (torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=g) * 3).to(dtype)
+    angle = torch.arange(rows)[:, None] * torch.rand(head_dim // 2, generator=g)[None, :] * 10
+    emb = torch.cat((angle, angle), dim=-1)
+    cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]  # [rows, 1, hd], as the runner's
+
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((-x[..., head_dim // 2:], x[..., :head_dim // 2]), dim=-1)
+
+    q = qkv[:, :heads * head_dim].view(rows, heads, head_dim)  # views into the fused projection, rows apart
+    k = qkv[:, heads * head_dim:(heads + kv_heads) * head_dim].view(rows, kv_heads, head_dim)
+    v_before = qkv[:, (heads + kv_heads) * head_dim:].clone()
+    want_q, want_k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    assert native.rotary_(q, cos, sin) and native.rotary_(k, cos, sin)
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)
+    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim:], v_before)  # values untouched
+    other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+    assert not native.rotary_(q, cos.to(other), sin.to(other))  # refused, untouched
+    assert torch.equal(q, want_q)
+
+
+def test_prefill_refuses_queries_of_another_dtype() -> None:
+    assert native.available()
+    cache = torch.zeros(2, 4, 1, 16, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="queries are torch.float32 but the cache is torch.bfloat16"):
+        native.paged_prefill(torch.zeros(3, 2, 16), cache, cache, torch.zeros(1, dtype=torch.long), 0, None, 1.0)
+
+
 def test_the_kernels_build_here() -> None:
     assert native.available(), native._error
     assert native.prefill_supported(64)  # this CPU has AVX-512
@@ -67,15 +101,24 @@ def test_paged_prefill_equals_causal_attention(heads: int, kv_heads: int, head_d
         kc = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
         vc = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
         table = torch.randperm(num_blocks, generator=g)[:-(-ctx // block_size)]
-        q = torch.randn(n, heads, head_dim, generator=g)
+        q = torch.randn(n, heads, head_dim, generator=g).to(dtype)  # queries come in the model's dtype
         got = native.paged_prefill(q, kc, vc, table, start, window, 0.3)
+        assert got.dtype == dtype
         keys = kc[table].reshape(-1, kv_heads, head_dim)[:ctx].float().transpose(0, 1)[None]
         values = vc[table].reshape(-1, kv_heads, head_dim)[:ctx].float().transpose(0, 1)[None]
         q_pos, k_pos = torch.arange(start, ctx)[:, None], torch.arange(ctx)[None, :]
         mask = (k_pos <= q_pos) & (k_pos > q_pos - window if window else True)
-        want = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask, enable_gqa=True,
-                                              scale=0.3)[0].transpose(0, 1)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        want = F.scaled_dot_product_attention(q.float().transpose(0, 1)[None], keys, values, attn_mask=mask,
+                                              enable_gqa=True, scale=0.3)[0].transpose(0, 1)
+        torch.testing.assert_close(got, want.to(dtype), rtol=1e-5 if dtype == torch.float32 else 1.6e-2, atol=1e-5)
+        if dtype == torch.bfloat16:  # the same sums in float32, rounded as torch rounds: bit for bit
+            wide = native.paged_prefill(q.float(), kc.float(), vc.float(), table, start, window, 0.3)
+            assert torch.equal(got, wide.to(dtype))
+        wider = torch.cat([q, torch.randn(n, 3, head_dim, generator=g).to(dtype)], dim=1)  # rows further apart
+        assert torch.equal(native.paged_prefill(wider[:, :heads], kc, vc, table, start, window, 0.3), got)
+        into = torch.full((n + 2, heads * head_dim), 7.0, dtype=dtype)
+        native.paged_prefill(q, kc, vc, table, start, window, 0.3, out=into[1:n + 1])
+        assert torch.equal(into[1:n + 1].view_as(got), got) and (into[0] == 7).all() and (into[-1] == 7).all()
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -88,7 +131,8 @@ def test_the_runner_decodes_the_same_tokens_with_and_without_the_kernel(family: 
         # chunks of 24 tokens: prompts prefill in pieces after a cached part
         engine = LLMEngineCore(model, config=EngineConfig(block_size=4, num_blocks=96, max_num_seqs=4,
                                                           max_num_batched_tokens=24))
-        assert engine.runner.native_decode and engine.runner.native_prefill  # built here (see the first test)
-        engine.runner.native_decode = engine.runner.native_prefill = use_kernels
+        runner = engine.runner
+        assert runner.native_decode and runner.native_prefill and runner.native_rotary  # built here (first test)
+        runner.native_decode = runner.native_prefill = runner.native_rotary = use_kernels
         outputs.append(engine.generate_all(batch, params))
     assert outputs[0] == outputs[1] == [reference(model, p, 16) for p in batch]

@@ -241,6 +241,7 @@ class PagedRunner:
         # The prefill kernel needs AVX-512 and a head size that is a multiple of 16 (up to 256).
         self.native_decode = native.available()
         self.native_prefill = self.native_decode and native.prefill_supported(self.head_dim)
+        self.native_rotary = self.native_decode
         self.loras: dict[str, LoRAAdapter] = {}
         self.lora_steps = 0  # steps that applied LoRA deltas (a base-only step never does)
 
@@ -353,29 +354,31 @@ class PagedRunner:
             if layer.q_norm is not None:
                 q, k = self._rms(q, layer.q_norm), self._rms(k, layer.k_norm)
             cos, sin = ropes[layer.layer_type]
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            if not (self.native_rotary and native.rotary_(q, cos, sin)):  # in place, rounded as torch rounds
+                q = q * cos + _rotate_half(q) * sin
+            if not (self.native_rotary and native.rotary_(k, cos, sin)):
+                k = k * cos + _rotate_half(k) * sin
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.index_copy_(0, slot_mapping, k)
             vc.index_copy_(0, slot_mapping, v)
             kb, vb = kc.view(self.num_blocks, bs, KVH, hd), vc.view(self.num_blocks, bs, KVH, hd)
-            outs = []
+            attn = torch.empty(q.shape[0], H * hd, dtype=q.dtype)  # every row's attention output, in batch order
             if nd and self.native_decode:
                 od = native.paged_decode(q[:nd].float(), kb, vb, dec_blocks, dec_ctx, dec_lo[layer.layer_type],
                                          kernel_scale)
-                outs.append(od.to(q.dtype).view(nd, H * hd))
+                attn[:nd] = od.view(nd, H * hd)
             elif nd:
                 qd = q[:nd].unsqueeze(2)  # [nd, H, 1, hd]
                 kd = kb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)  # [nd, KVH, ctx, hd]
                 vd = vb.index_select(0, dec_flat).view(nd, -1, KVH, hd).transpose(1, 2)
                 od = _attention(qd, kd, vd, dec_masks[layer.layer_type], False, gqa, scale)
-                outs.append(od.reshape(nd, H * hd))
+                attn[:nd] = od.reshape(nd, H * hd)
             for start, s, table, masks in pre_info:
                 n = s.num_tokens
-                if self.native_prefill:
-                    op = native.paged_prefill(q[start:start + n].float(), kb, vb, table, s.start,
-                                              window if layer.layer_type == SLIDING else None, kernel_scale)
-                    outs.append(op.to(q.dtype).view(n, H * hd))
+                if self.native_prefill:  # written in place, in the model's dtype
+                    native.paged_prefill(q[start:start + n], kb, vb, table, s.start,
+                                         window if layer.layer_type == SLIDING else None, kernel_scale,
+                                         out=attn[start:start + n])
                     continue
                 qp = q[start:start + n].transpose(0, 1)[None]  # [1, H, n, hd]
                 mask = masks[layer.layer_type]
@@ -386,8 +389,7 @@ class PagedRunner:
                     kp = kb.index_select(0, table).view(-1, KVH, hd).transpose(0, 1)[None]
                     vp = vb.index_select(0, table).view(-1, KVH, hd).transpose(0, 1)[None]
                 op = _attention(qp, kp, vp, mask, mask is None, gqa, scale)
-                outs.append(op[0].transpose(0, 1).reshape(n, H * hd))
-            attn = outs[0] if len(outs) == 1 else torch.cat(outs)
+                attn[start:start + n] = op[0].transpose(0, 1).reshape(n, H * hd)
             o = layer.o(attn)
             if loras:
                 _add_lora(o, attn, loras, li, "o")

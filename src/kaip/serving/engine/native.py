@@ -22,15 +22,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
+_CSRC = Path(__file__).with_name("csrc")
 # -ffast-math for the compile only: linked with it, gcc adds crtfastmath.o, which sets flush-to-zero for the whole
 # process (torch included) when the library loads
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC"]
+# rotary.c must round where torch rounds: no fast-math, no fused multiply-adds
+_EXACT_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-fast-math", "-ffp-contract=off", "-fPIC"]
+_SOURCES = ((_CSRC / "paged_attention.c", _FLAGS), (_CSRC / "rotary.c", _EXACT_FLAGS))
 _LIBS = ["-lmvec", "-lm"]  # glibc's vector expf, which -ffast-math lets the softmax loop use
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _decode: dict[torch.dtype, ctypes._CFuncPtr] = {}  # by the cache's dtype, filled when the library loads
 _prefill: dict[torch.dtype, ctypes._CFuncPtr] = {}
+_rotary: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _error: str | None = None
 _i64, _f32p = ctypes.c_int64, ctypes.c_void_p
 
@@ -52,31 +56,37 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, *_LIBS, _cpu_flags()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"paged_attention-{key}.so"
+    sources = b"".join(path.read_bytes() + " ".join(flags).encode() for path, flags in _SOURCES)
+    key = hashlib.sha256(sources + " ".join([compiler, *_LIBS, _cpu_flags()]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"kaip_kernels-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
+        objects = [f"{tmp}.{i}.o" for i in range(len(_SOURCES))]
         try:
-            for cmd in ([compiler, *_FLAGS, "-c", str(_SOURCE), "-o", tmp + ".o"],
-                        [compiler, "-shared", "-fopenmp", tmp + ".o", "-o", tmp, *_LIBS]):
+            steps = [[compiler, *flags, "-c", str(path), "-o", obj] for (path, flags), obj in zip(_SOURCES, objects,
+                                                                                                  strict=True)]
+            steps.append([compiler, "-shared", "-fopenmp", *objects, "-o", tmp, *_LIBS])
+            for cmd in steps:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
                 if done.returncode:
                     raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
             os.replace(tmp, target)
         finally:
-            for leftover in (tmp, tmp + ".o"):
+            for leftover in (tmp, *objects):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
     lib = ctypes.CDLL(str(target))
     for dtype, suffix in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
         decode, prefill = getattr(lib, f"kaip_paged_decode_{suffix}"), getattr(lib, f"kaip_paged_prefill_{suffix}")
         decode.argtypes = [_f32p] * 7 + [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
-        prefill.argtypes = [_f32p] * 4 + [_i64] * 3 + [_f32p] + [_i64] * 4 + [ctypes.c_float, ctypes.c_int]
-        decode.restype = prefill.restype = ctypes.c_int
-        _decode[dtype], _prefill[dtype] = decode, prefill
+        prefill.argtypes = [_f32p, _i64] + [_f32p] * 3 + [_i64] * 3 + [_f32p] + [_i64] * 4 + [ctypes.c_float,
+                                                                                           ctypes.c_int]
+        rotary = getattr(lib, f"kaip_rotary_{suffix}")
+        rotary.argtypes = [_f32p] * 3 + [_i64] * 4 + [ctypes.c_int]
+        decode.restype = prefill.restype = rotary.restype = ctypes.c_int
+        _decode[dtype], _prefill[dtype], _rotary[dtype] = decode, prefill, rotary
     return lib
 
 
@@ -126,19 +136,44 @@ def prefill_supported(head_dim: int) -> bool:
 
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, start: int,
-                  window: int | None, scale: float) -> torch.Tensor | None:
-    """Causal attention of one prefill chunk, queries at positions start .. start+n-1 (q [n, H, hd] float32), over
-    the sequence's paged keys (its own already written), the last `window` positions only when given. None where
+                  window: int | None, scale: float, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Causal attention of one prefill chunk, queries at positions start .. start+n-1 (q [n, H, hd], of the cache's
+    dtype), over the sequence's paged keys (its own already written), the last `window` positions only when given.
+    Returns [n, H, hd] of that dtype, written into `out` when given (contiguous, n * H * hd elements). None where
     the kernel does not apply (no AVX-512, a head size that is not a multiple of 16 up to 256): use SDPA."""
     assert _lib is not None, "native.available() first"
     n, H, hd = q.shape
     _, bs, KVH, _ = k_cache.shape
-    q, table = q.contiguous(), table.contiguous()
-    out = torch.empty_like(q)
-    rc = _prefill[k_cache.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), table.data_ptr(), start, n,
-                                 window or 0, out.data_ptr(), H, KVH, hd, bs, scale, torch.get_num_threads())
+    if q.dtype != k_cache.dtype:
+        raise TypeError(f"queries are {q.dtype} but the cache is {k_cache.dtype}")
+    if q.stride(2) != 1 or (H > 1 and q.stride(1) != hd):  # rows may be apart (a view of the fused projection)
+        q = q.contiguous()
+    table = table.contiguous()
+    if out is None:
+        out = torch.empty(n, H, hd, dtype=q.dtype)
+    elif not out.is_contiguous() or out.numel() != q.numel() or out.dtype != q.dtype:
+        raise ValueError("out must be a contiguous tensor of the queries' size and dtype")
+    rc = _prefill[k_cache.dtype](q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(), table.data_ptr(),
+                                 start, n, window or 0, out.data_ptr(), H, KVH, hd, bs, scale,
+                                 torch.get_num_threads())
     if rc == -2:
         return None
     if rc:
         raise MemoryError("paged prefill kernel: out of memory for its scores")
-    return out
+    return out.view(n, H, hd)
+
+
+def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Rotary embedding in place, x = x * cos + rotate_half(x) * sin, rounded exactly as torch's operations round
+    (`csrc/rotary.c`): x [rows, heads, hd] with each head's values contiguous (rows may be further apart: a view into
+    the fused projection), cos and sin [rows, 1, hd] or [rows, hd] of x's dtype. False, with x untouched, where the
+    layout or dtype is not one the kernel takes."""
+    assert _lib is not None, "native.available() first"
+    rows, heads, hd = x.shape
+    fn = _rotary.get(x.dtype)
+    if fn is None or x.stride(2) != 1 or (heads > 1 and x.stride(1) != hd) or cos.dtype != x.dtype \
+            or sin.dtype != x.dtype:
+        return False
+    cos, sin = cos.reshape(rows, hd).contiguous(), sin.reshape(rows, hd).contiguous()
+    return fn(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows, heads, hd, x.stride(0),
+              torch.get_num_threads()) == 0

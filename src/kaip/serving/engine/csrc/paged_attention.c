@@ -112,7 +112,9 @@ PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
  * 16 scores of one query head are 16 lanes of one register built by hd broadcast-FMAs, eight query rows at a time;
  * values are widened once into a contiguous float32 copy for P·V (`PV_GROUP_BODY`, `pv_one`). Head sizes that are
  * a multiple of 16 up to 256; returns -2 otherwise (and where AVX-512 is missing), and the
- * caller uses torch's SDPA. q, out: [n, H, hd] float32. */
+ * caller uses torch's SDPA. q, out: [n, H, hd] of the cache's type (q's rows q_stride elements apart) (a bfloat16 model's attention takes and gives
+ * bfloat16 as its projections do: widened here per task, rounded to nearest even on the way out exactly as torch's
+ * float-to-bfloat16 conversion, so the caller needs neither copy). */
 #ifdef __AVX512F__
 #include <immintrin.h>
 
@@ -170,6 +172,23 @@ static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, i
     }
 }
 
+/* float32 -> bfloat16, round to nearest even, NaN -> 0x7FC0: c10::BFloat16's conversion, 16 at a time (n a multiple
+ * of 16). Integer operations only, so -ffast-math cannot touch it. */
+static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) {
+    for (int64_t c = 0; c < n; c += 16) {
+        const __m512i b = _mm512_castps_si512(_mm512_loadu_ps(src + c));
+        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+        const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                      _mm512_set1_epi32(0x7F800000));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+        _mm256_storeu_si256((__m256i *)(dst + c), _mm512_cvtepi32_epi16(r));
+    }
+}
+
+static inline void store_f32_row(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
+static inline void store_bf16_row(uint16_t *dst, const float *src, int64_t n) { to_bf16_row(dst, src, n); }
+
 /* PV_GROUP over heads g .. g+GB-1 of the current query (shifted views of ex, invs, dst) */
 #define PV_GROUP_AT(ND, GB, G0)                                                                                      \
     do {                                                                                                             \
@@ -179,9 +198,9 @@ static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, i
         PV_GROUP_BODY(ND, GB, exs, invp, dsts);                                                                      \
     } while (0)
 
-#define PAGED_PREFILL(NAME, T, LOAD)                                                                                 \
-int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n, int64_t window,     \
-         float *out, int64_t H, int64_t KVH, int64_t hd, int64_t bs, float scale, int nthreads) {                    \
+#define PAGED_PREFILL(NAME, T, LOAD, STORE)                                                                          \
+int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n,       \
+         int64_t window, T *out, int64_t H, int64_t KVH, int64_t hd, int64_t bs, float scale, int nthreads) {        \
     if (hd % 16 || hd > 256) return -2;                                                                              \
     const int64_t G = H / KVH, row = KVH * hd, L = start + n, nchunks = (L + 15) / 16, nd = hd / 16;                 \
     /* keys transposed into 16-key tiles kt[kh][c][d][t]; values widened and made contiguous, vt[kh][pos][d] */    \
@@ -217,14 +236,19 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
                 const int64_t c0 = kmin / 16, c1 = pmax / 16 + 1, span = (c1 - c0) * 16;                             \
                 const int64_t R = (i1 - i0) * G;                                                                     \
                 const float *vrows = vt + kh * nchunks * 16 * hd;                                                    \
-                float *s = malloc((size_t)(R * span) * sizeof(float));                                               \
+                /* scores, then this task's query rows widened, then a float32 row per head for the output */       \
+                float *s = malloc((size_t)(R * span + R * hd + 16 * hd) * sizeof(float));                            \
                 if (!s) { failed = 1; continue; }                                                                    \
+                float *qf = s + R * span, *of = qf + R * hd;                                                         \
+                for (int64_t r = 0; r < R; r++) {                                                                    \
+                    const T *qs = q + (i0 + r / G) * q_stride + (kh * G + r % G) * hd;                               \
+                    for (int64_t d = 0; d < hd; d++) qf[r * hd + d] = LOAD(qs[d]);                                   \
+                }                                                                                                    \
                 for (int64_t r0 = 0; r0 < R; r0 += ROWS) { /* scores: rows r = (i - i0) * G + g */                  \
                     const int64_t nr = R - r0 < ROWS ? R - r0 : ROWS;                                                \
                     const float *qr[ROWS];                                                                           \
                     for (int64_t j = 0; j < ROWS; j++) {                                                             \
-                        const int64_t r = r0 + (j < nr ? j : 0);                                                     \
-                        qr[j] = q + ((i0 + r / G) * H + kh * G + r % G) * hd;                                        \
+                        qr[j] = qf + (r0 + (j < nr ? j : 0)) * hd;                                                   \
                     }                                                                                                \
                     for (int64_t c = c0; c < c1; c++) {                                                              \
                         const float *kc = kt + ((kh * nchunks + c) * hd) * 16;                                       \
@@ -258,7 +282,7 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
                             }                                                                                        \
                             ex[g] = sr;                                                                              \
                             invs[g] = 1.f / sum;                                                                     \
-                            dst[g] = out + (i * H + kh * G + g0 + g) * hd;                                           \
+                            dst[g] = of + g * hd;                                                                    \
                         }                                                                                            \
                         int64_t g = 0;                                                                               \
                         if (nd == 4) {                                                                               \
@@ -269,6 +293,7 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
                             for (; g + 2 <= gn; g += 2) PV_GROUP_AT(8, 2, g);                                        \
                         }                                                                                            \
                         for (; g < gn; g++) pv_one(vrows, hd, ex[g], invs[g], lo, p, dst[g]);                        \
+                        for (g = 0; g < gn; g++) STORE(out + (i * H + kh * G + g0 + g) * hd, of + g * hd, hd);       \
                     }                                                                                                \
                 }                                                                                                    \
                 free(s);                                                                                             \
@@ -280,8 +305,8 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *table, int64_t s
     return failed ? -1 : 0;                                                                                          \
 }
 
-PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32)
-PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16)
+PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32, store_f32_row)
+PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16, store_bf16_row)
 #else
 int kaip_paged_prefill_f32(void) { return -2; }
 int kaip_paged_prefill_bf16(void) { return -2; }
