@@ -73,7 +73,9 @@ def test_bfloat16_matches_generate_in_bfloat16() -> None:
     assert engine.runner.k_cache.dtype == torch.bfloat16  # K/V are bfloat16 values: stored exactly in half the bytes
     want = [reference(model, p, 12) for p in batch]
     assert engine.generate_all(batch, GREEDY) == want
-    engine.runner.native_decode = engine.runner.native_prefill = False  # the torch path reads the same cache
+    runner = engine.runner  # the torch path, over the same cache
+    runner.native_decode = runner.native_prefill = runner.native_rotary = False
+    runner.act_table = None
     assert engine.generate_all(batch, GREEDY) == want
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from engine_fixtures import prompts, reference, tiny_family, tiny_llama
 from kaip.serving.engine import native
 from kaip.serving.engine.core import EngineConfig, LLMEngineCore
+from kaip.serving.engine.model_runner import _ACTIVATIONS
 from kaip.serving.engine.request import EngineParams
 
 
@@ -52,6 +53,24 @@ def test_rotary_equals_torchs_elementwise_operations_bit_for_bit(heads: int, kv_
     other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
     assert not native.rotary_(q, cos.to(other), sin.to(other))  # refused, untouched
     assert torch.equal(q, want_q)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_pytorch_tanh"])
+def test_act_mul_equals_torchs_activation_and_product_bit_for_bit(activation: str) -> None:
+    assert native.available()
+    act = _ACTIVATIONS[activation]
+    table = native.activation_table(act)
+    g = torch.Generator().manual_seed(len(activation))
+    # Widths a model has (multiples of 64): torch then takes its vectorised path for every element, as the table
+    # does — its scalar path rounds a few values differently (GELU(-5.125): -1.5e-7 alone, -0.0 in a vector).
+    for rows, inter in ((37, 128), (5, 2048), (3, 1536 + 16)):
+        gate_up = (torch.randn(rows, 2 * inter, generator=g) * 4).to(torch.bfloat16)
+        gate_up[0, :6] = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0, 1e-40, -3e38])  # specials
+        gate, up = gate_up.chunk(2, dim=-1)
+        want = act(gate) * up
+        got = native.act_mul(gate_up, table)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16))  # the bits, NaNs included
+    assert native.act_mul(gate_up.float(), table) is None  # float32: torch's path
 
 
 def test_prefill_refuses_queries_of_another_dtype() -> None:
@@ -134,5 +153,6 @@ def test_the_runner_decodes_the_same_tokens_with_and_without_the_kernel(family: 
         runner = engine.runner
         assert runner.native_decode and runner.native_prefill and runner.native_rotary  # built here (first test)
         runner.native_decode = runner.native_prefill = runner.native_rotary = use_kernels
+        runner.act_table = runner.act_table if use_kernels else None
         outputs.append(engine.generate_all(batch, params))
     assert outputs[0] == outputs[1] == [reference(model, p, 16) for p in batch]

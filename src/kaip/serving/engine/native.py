@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,15 +27,16 @@ _CSRC = Path(__file__).with_name("csrc")
 # -ffast-math for the compile only: linked with it, gcc adds crtfastmath.o, which sets flush-to-zero for the whole
 # process (torch included) when the library loads
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC"]
-# rotary.c must round where torch rounds: no fast-math, no fused multiply-adds
+# elementwise.c must round where torch rounds: no fast-math, no fused multiply-adds
 _EXACT_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-fast-math", "-ffp-contract=off", "-fPIC"]
-_SOURCES = ((_CSRC / "paged_attention.c", _FLAGS), (_CSRC / "rotary.c", _EXACT_FLAGS))
+_SOURCES = ((_CSRC / "paged_attention.c", _FLAGS), (_CSRC / "elementwise.c", _EXACT_FLAGS))
 _LIBS = ["-lmvec", "-lm"]  # glibc's vector expf, which -ffast-math lets the softmax loop use
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _decode: dict[torch.dtype, ctypes._CFuncPtr] = {}  # by the cache's dtype, filled when the library loads
 _prefill: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _rotary: dict[torch.dtype, ctypes._CFuncPtr] = {}
+_act_mul: ctypes._CFuncPtr | None = None
 _error: str | None = None
 _i64, _f32p = ctypes.c_int64, ctypes.c_void_p
 
@@ -87,6 +89,10 @@ def _build() -> ctypes.CDLL:
         rotary.argtypes = [_f32p] * 3 + [_i64] * 4 + [ctypes.c_int]
         decode.restype = prefill.restype = rotary.restype = ctypes.c_int
         _decode[dtype], _prefill[dtype], _rotary[dtype] = decode, prefill, rotary
+    global _act_mul
+    _act_mul = lib.kaip_act_mul_bf16
+    _act_mul.argtypes = [_f32p] + [_i64] * 3 + [_f32p, _f32p, ctypes.c_int]
+    _act_mul.restype = ctypes.c_int
     return lib
 
 
@@ -165,9 +171,9 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
 def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """Rotary embedding in place, x = x * cos + rotate_half(x) * sin, rounded exactly as torch's operations round
-    (`csrc/rotary.c`): x [rows, heads, hd] with each head's values contiguous (rows may be further apart: a view into
-    the fused projection), cos and sin [rows, 1, hd] or [rows, hd] of x's dtype. False, with x untouched, where the
-    layout or dtype is not one the kernel takes."""
+    (`csrc/elementwise.c`): x [rows, heads, hd] with each head's values contiguous (rows may be further apart: a view
+    into the fused projection), cos and sin [rows, 1, hd] or [rows, hd] of x's dtype. False, with x untouched, where
+    the layout or dtype is not one the kernel takes."""
     assert _lib is not None, "native.available() first"
     rows, heads, hd = x.shape
     fn = _rotary.get(x.dtype)
@@ -177,3 +183,24 @@ def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     cos, sin = cos.reshape(rows, hd).contiguous(), sin.reshape(rows, hd).contiguous()
     return fn(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows, heads, hd, x.stride(0),
               torch.get_num_threads()) == 0
+
+
+def activation_table(act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`act` applied by torch to every bfloat16 value (one contiguous tensor: torch's vectorised path, the one it
+    takes on a model's rows), indexed by the value's bits and widened to float32 (exactly): `act_mul`'s table."""
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    return act(every).float().contiguous()
+
+
+def act_mul(gate_up: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
+    """act(gate) * up for a bfloat16 gated MLP, bit for bit as torch computes it (`csrc/elementwise.c`): gate_up
+    [rows, 2 * inter] bfloat16 (gate, then up), `table` from `activation_table`. [rows, inter] bfloat16, or None where
+    the layout is not one the kernel takes."""
+    assert _lib is not None and _act_mul is not None, "native.available() first"
+    rows, width = gate_up.shape
+    if gate_up.dtype != torch.bfloat16 or gate_up.stride(1) != 1 or width % 2 or table.dtype != torch.float32:
+        return None
+    out = torch.empty(rows, width // 2, dtype=torch.bfloat16)
+    _act_mul(gate_up.data_ptr(), rows, width // 2, gate_up.stride(0), table.data_ptr(), out.data_ptr(),
+             torch.get_num_threads())
+    return out

@@ -172,8 +172,8 @@ static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, i
     }
 }
 
-/* float32 -> bfloat16, round to nearest even, NaN -> 0x7FC0: c10::BFloat16's conversion, 16 at a time (n a multiple
- * of 16). Integer operations only, so -ffast-math cannot touch it. */
+/* float32 -> bfloat16, round to nearest even, NaN -> 0xFFFF: torch's conversion, 16 at a time (n a multiple of 16).
+ * Integer operations only, so -ffast-math cannot touch it. */
 static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t c = 0; c < n; c += 16) {
         const __m512i b = _mm512_castps_si512(_mm512_loadu_ps(src + c));
@@ -181,7 +181,7 @@ static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) {
         __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
         const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
                                                       _mm512_set1_epi32(0x7F800000));
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xFFFF));
         _mm256_storeu_si256((__m256i *)(dst + c), _mm512_cvtepi32_epi16(r));
     }
 }

@@ -1,13 +1,9 @@
-/* Rotary position embedding applied in place — x = x * cos + rotate_half(x) * sin — bit for bit as transformers'
- * `apply_rotary_pos_emb` computes it with torch's elementwise operations in the model's dtype: each product and the
- * sum is rounded to that dtype (float32 arithmetic; for bfloat16, then rounded to nearest even). torch makes five
- * tensors for this per call (two products, a negation, a concatenation, the sum); here it is one pass.
+/* Elementwise steps of a layer done in one pass each, bit for bit as torch's own operations compute them in the
+ * model's dtype, so the engine's tokens stay those of transformers: every product and sum is rounded to that dtype
+ * where torch rounds it (float32 arithmetic; for bfloat16, then rounded to nearest even).
  *
  * Built by kaip.serving.engine.native WITHOUT -ffast-math and with -ffp-contract=off: a fused multiply-add would
- * round once where torch rounds twice, and the tokens would drift from transformers'.
- *
- * Layout: x [rows, heads, hd] with rows `row_stride` elements apart (a view into the fused q/k/v projection), each
- * head's hd values contiguous; cos, sin [rows, hd] contiguous, of x's dtype. hd even, at most 1024. */
+ * round once where torch rounds twice. */
 #include <stdint.h>
 #include <string.h>
 
@@ -18,16 +14,20 @@ static inline float bf16_in(uint16_t x) {
     return f;
 }
 
-static inline uint16_t bf16_out(float f) { /* c10::BFloat16's round to nearest even; NaN -> 0x7FC0 */
+static inline uint16_t bf16_out(float f) { /* torch's float-to-bfloat16: round to nearest even; NaN -> 0xFFFF */
     uint32_t u;
     memcpy(&u, &f, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFF;
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 static inline float f32_in(float x) { return x; }
 static inline float f32_out(float x) { return x; }
 
+/* Rotary position embedding in place — x = x * cos + rotate_half(x) * sin, as transformers' `apply_rotary_pos_emb`;
+ * torch makes five tensors for it per call (two products, a negation, a concatenation, the sum).
+ * x [rows, heads, hd] with rows `row_stride` elements apart (a view into the fused q/k/v projection), each head's hd
+ * values contiguous; cos, sin [rows, hd] contiguous, of x's dtype. hd even, at most 1024. */
 #define ROTARY(NAME, T, IN, OUT)                                                                                     \
 int NAME(T *x, const T *cos, const T *sin, int64_t rows, int64_t heads, int64_t hd, int64_t row_stride,             \
          int nthreads) {                                                                                             \
@@ -55,3 +55,44 @@ int NAME(T *x, const T *cos, const T *sin, int64_t rows, int64_t heads, int64_t 
 
 ROTARY(kaip_rotary_f32, float, f32_in, f32_out)
 ROTARY(kaip_rotary_bf16, uint16_t, bf16_in, bf16_out)
+
+/* act(gate) * up for a bfloat16 model — the gated MLP's activation and product in one pass. act is read from a table
+ * of 65,536 entries: torch's own (vectorised) output for every bfloat16 value, widened to float32, computed by torch
+ * when the runner starts — exact by construction, and a gather instead of torch's tanh per element. The product is
+ * rounded as torch's bfloat16 multiply rounds it. gate_up [rows, 2 * inter], rows `row_stride` apart: gate the first
+ * half of a row, up the second; out [rows, inter] contiguous. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+static inline __m512 bf16x16_in(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static inline void bf16x16_out(uint16_t *p, __m512 x) { /* bf16_out, 16 at a time */
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                  _mm512_set1_epi32(0x7F800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xFFFF));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
+#endif
+
+int kaip_act_mul_bf16(const uint16_t *gate_up, int64_t rows, int64_t inter, int64_t row_stride, const float *table,
+                      uint16_t *out, int nthreads) {
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *g = gate_up + r * row_stride, *u = g + inter;
+        uint16_t *o = out + r * inter;
+        int64_t i = 0;
+#ifdef __AVX512F__
+        for (; i + 16 <= inter; i += 16) {
+            const __m512i idx = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + i)));
+            bf16x16_out(o + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, table, 4), bf16x16_in(u + i)));
+        }
+#endif
+        for (; i < inter; i++) o[i] = bf16_out(table[g[i]] * bf16_in(u[i]));
+    }
+    return 0;
+}
