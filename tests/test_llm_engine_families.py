@@ -74,7 +74,7 @@ def test_bfloat16_matches_generate_in_bfloat16() -> None:
     want = [reference(model, p, 12) for p in batch]
     assert engine.generate_all(batch, GREEDY) == want
     runner = engine.runner  # the torch path, over the same cache
-    runner.native_decode = runner.native_prefill = runner.native_rotary = False
+    runner.native_decode = runner.native_prefill = runner.native_rotary = runner.native_rms = False
     runner.act_table = None
     assert engine.generate_all(batch, GREEDY) == want
 

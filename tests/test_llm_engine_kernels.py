@@ -73,6 +73,29 @@ def test_act_mul_equals_torchs_activation_and_product_bit_for_bit(activation: st
     assert native.act_mul(gate_up.float(), table) is None  # float32: torch's path
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gemma", [True, False])
+def test_rms_scale_equals_the_norms_of_transformers_bit_for_bit(dtype: torch.dtype, gemma: bool) -> None:
+    assert native.available()
+    g = torch.Generator().manual_seed(int(gemma))
+    eps = 1e-6
+    fused = (torch.randn(29, 7 * 64, generator=g) * 3).to(dtype)
+    for x in (fused[:, :320], fused[:, :4 * 64].view(29, 4, 64)):  # rows apart; per-head (q/k norms) too
+        d = x.shape[-1]
+        w = torch.randn(d, generator=g).to(dtype)
+        xf = x.float()
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        if gemma:  # Gemma3RMSNorm: in float32, times (1 + w), cast back once
+            weight = 1.0 + w.float()
+            want = (xf * r * weight).type_as(x)
+        else:  # LlamaRMSNorm: cast back, then times w
+            weight = w
+            want = weight * (xf * r).to(dtype)
+        got = native.rms_scale(x, r, weight, gemma)
+        assert got is not None and torch.equal(got, want)
+    assert native.rms_scale(x, r, weight.to(torch.float64), gemma) is None  # a weight it does not take: torch's
+
+
 def test_prefill_refuses_queries_of_another_dtype() -> None:
     assert native.available()
     cache = torch.zeros(2, 4, 1, 16, dtype=torch.bfloat16)
@@ -152,7 +175,7 @@ def test_the_runner_decodes_the_same_tokens_with_and_without_the_kernel(family: 
                                                           max_num_batched_tokens=24))
         runner = engine.runner
         assert runner.native_decode and runner.native_prefill and runner.native_rotary  # built here (first test)
-        runner.native_decode = runner.native_prefill = runner.native_rotary = use_kernels
+        runner.native_decode = runner.native_prefill = runner.native_rotary = runner.native_rms = use_kernels
         runner.act_table = runner.act_table if use_kernels else None
         outputs.append(engine.generate_all(batch, params))
     assert outputs[0] == outputs[1] == [reference(model, p, 16) for p in batch]

@@ -241,7 +241,7 @@ class PagedRunner:
         # The prefill kernel needs AVX-512 and a head size that is a multiple of 16 (up to 256).
         self.native_decode = native.available()
         self.native_prefill = self.native_decode and native.prefill_supported(self.head_dim)
-        self.native_rotary = self.native_decode
+        self.native_rotary = self.native_rms = self.native_decode
         # bfloat16 GELU: the MLP's act(gate) * up in one pass, act looked up in a table of torch's own outputs (exact);
         # torch's tanh GELU costs ~1.5 ns an element here, its SiLU less than the lookup
         self.act_table = native.activation_table(self.act) if self.native_decode and self.dtype == torch.bfloat16 \
@@ -265,7 +265,12 @@ class PagedRunner:
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.native_rms:  # the scaling in one pass (the reduction above stays torch's)
+            out = native.rms_scale(x, r, weight, self.spec.gemma_norms)
+            if out is not None:
+                return out
+        normed = xf * r
         if self.spec.gemma_norms:  # as Gemma's own norm: scaled in float32, then cast back
             return (normed * weight).type_as(x)
         return weight * normed.to(x.dtype)  # as Llama's: cast back, then scaled

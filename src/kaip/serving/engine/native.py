@@ -37,6 +37,7 @@ _decode: dict[torch.dtype, ctypes._CFuncPtr] = {}  # by the cache's dtype, fille
 _prefill: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _rotary: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _act_mul: ctypes._CFuncPtr | None = None
+_rms_scale: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _error: str | None = None
 _i64, _f32p = ctypes.c_int64, ctypes.c_void_p
 
@@ -89,6 +90,9 @@ def _build() -> ctypes.CDLL:
         rotary.argtypes = [_f32p] * 3 + [_i64] * 4 + [ctypes.c_int]
         decode.restype = prefill.restype = rotary.restype = ctypes.c_int
         _decode[dtype], _prefill[dtype], _rotary[dtype] = decode, prefill, rotary
+        rms = _rms_scale[dtype] = getattr(lib, f"kaip_rms_scale_{suffix}")
+        rms.argtypes = [_f32p] + [_i64] * 4 + [_f32p, _f32p, ctypes.c_int, _f32p, ctypes.c_int]
+        rms.restype = ctypes.c_int
     global _act_mul
     _act_mul = lib.kaip_act_mul_bf16
     _act_mul.argtypes = [_f32p] + [_i64] * 3 + [_f32p, _f32p, ctypes.c_int]
@@ -203,4 +207,25 @@ def act_mul(gate_up: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
     out = torch.empty(rows, width // 2, dtype=torch.bfloat16)
     _act_mul(gate_up.data_ptr(), rows, width // 2, gate_up.stride(0), table.data_ptr(), out.data_ptr(),
              torch.get_num_threads())
+    return out
+
+
+def rms_scale(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, gemma: bool) -> torch.Tensor | None:
+    """The scaling half of an RMSNorm in one pass, bit for bit as torch's operations (`csrc/elementwise.c`), once
+    torch has computed r = rsqrt(mean(x.float()^2) + eps) [..., 1]: Gemma's (x * r * weight) rounded once with a
+    float32 weight (1 + w), else Llama's weight * round(x * r) with a weight of x's dtype. x [T, D] or [T, H, D]
+    (rows may be apart, heads contiguous). A new contiguous tensor, or None where the layout is not one the kernel
+    takes."""
+    assert _lib is not None, "native.available() first"
+    fn = _rms_scale.get(x.dtype)
+    if fn is None or x.dim() not in (2, 3) or x.stride(-1) != 1:
+        return None
+    T, H, D = (x.shape[0], 1, x.shape[1]) if x.dim() == 2 else x.shape
+    if (H > 1 and x.stride(1) != D) or r.dtype != torch.float32 or r.numel() != T * H or weight.shape != (D,) \
+            or weight.dtype != (torch.float32 if gemma else x.dtype):
+        return None
+    r, weight = r.contiguous(), weight.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    fn(x.data_ptr(), T, H, D, x.stride(0), r.data_ptr(), weight.data_ptr(), int(gemma), out.data_ptr(),
+       torch.get_num_threads())
     return out

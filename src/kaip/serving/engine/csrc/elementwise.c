@@ -96,3 +96,32 @@ int kaip_act_mul_bf16(const uint16_t *gate_up, int64_t rows, int64_t inter, int6
     }
     return 0;
 }
+
+/* The scaling half of an RMSNorm, after torch has computed each row's r = rsqrt(mean(x^2) + eps) (that reduction's
+ * summation order is torch's own and stays in torch). x [T, H, D] with rows of H * D values sT elements apart, each
+ * head's D values contiguous; r [T * H] float32; out [T, H, D] contiguous, of x's dtype.
+ *   gemma = 1: out = (float(x) * r * w) rounded once at the end, w float32 (1 + weight): Gemma's norm;
+ *   gemma = 0: out = w * round(float(x) * r), w of x's dtype, the product rounded: Llama's norm. */
+#define RMS_SCALE(NAME, T, IN, OUT)                                                                                  \
+int NAME(const T *x, int64_t rows, int64_t heads, int64_t D, int64_t sT, const float *r, const void *w, int gemma,    \
+         T *out, int nthreads) {                                                                                     \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                                              \
+    for (int64_t t = 0; t < rows; t++) {                                                                             \
+        for (int64_t h = 0; h < heads; h++) {                                                                        \
+            const T *xr = x + t * sT + h * D;                                                                        \
+            const float rr = r[t * heads + h];                                                                       \
+            T *o = out + (t * heads + h) * D;                                                                        \
+            if (gemma) {                                                                                             \
+                const float *wf = (const float *)w;                                                                  \
+                for (int64_t i = 0; i < D; i++) { const float n = IN(xr[i]) * rr; o[i] = OUT(n * wf[i]); }           \
+            } else {                                                                                                 \
+                const T *wt = (const T *)w;                                                                          \
+                for (int64_t i = 0; i < D; i++) { const T n = OUT(IN(xr[i]) * rr); o[i] = OUT(IN(wt[i]) * IN(n)); }  \
+            }                                                                                                        \
+        }                                                                                                            \
+    }                                                                                                                \
+    return 0;                                                                                                        \
+}
+
+RMS_SCALE(kaip_rms_scale_f32, float, f32_in, f32_out)
+RMS_SCALE(kaip_rms_scale_bf16, uint16_t, bf16_in, bf16_out)
