@@ -132,7 +132,7 @@ def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_h
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"),
-                         [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8)])
+                         [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8), (4, 1, 256, 16), (3, 1, 256, 8)])
 def test_paged_prefill_equals_causal_attention(heads: int, kv_heads: int, head_dim: int, block_size: int,
                                                dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(heads + head_dim)

@@ -210,6 +210,21 @@ static inline void store_bf16_row(uint16_t *dst, const float *src, int64_t n) { 
         PV_GROUP_BODY(ND, GB, exs, invp, dsts);                                                                      \
     } while (0)
 
+/* PV_GROUP_AT over the columns COL .. COL + 16 * ND - 1 only: a wide head (256) in halves, so that two heads' 2 x 8
+ * accumulators and a half row of V fit the 32 registers */
+#define PV_GROUP_AT_COLS(ND, GB, G0, COL)                                                                            \
+    do {                                                                                                             \
+        const float *const *exs = ex + (G0);                                                                         \
+        const float *invp = invs + (G0);                                                                             \
+        float *dcol[GB];                                                                                             \
+        for (int64_t x_ = 0; x_ < (GB); x_++) dcol[x_] = dst[(G0) + x_] + (COL);                                     \
+        const float *vcol = vrows + (COL);                                                                           \
+        {                                                                                                            \
+            const float *vrows = vcol;                                                                               \
+            PV_GROUP_BODY(ND, GB, exs, invp, dcol);                                                                  \
+        }                                                                                                            \
+    } while (0)
+
 #define PAGED_PREFILL(NAME, T, LOAD, STORE, DOT)                                                                     \
 int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n,       \
          int64_t window, T *out, int64_t H, int64_t KVH, int64_t hd, int64_t bs, float scale, int nthreads) {        \
@@ -325,6 +340,11 @@ int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *ta
                             for (; g + 2 <= gn; g += 2) PV_GROUP_AT(4, 2, g);                                        \
                         } else if (nd == 8) {                                                                        \
                             for (; g + 2 <= gn; g += 2) PV_GROUP_AT(8, 2, g);                                        \
+                        } else if (nd == 16) {                                                                       \
+                            for (; g + 2 <= gn; g += 2) {                                                            \
+                                PV_GROUP_AT_COLS(8, 2, g, 0);                                                        \
+                                PV_GROUP_AT_COLS(8, 2, g, 128);                                                      \
+                            }                                                                                        \
                         }                                                                                            \
                         for (; g < gn; g++) pv_one(vrows, hd, ex[g], invs[g], lo, p, dst[g]);                        \
                         for (g = 0; g < gn; g++) STORE(out + (i * H + kh * G + g0 + g) * hd, of + g * hd, hd);       \
