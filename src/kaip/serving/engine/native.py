@@ -59,7 +59,8 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    sources = b"".join(path.read_bytes() + " ".join(flags).encode() for path, flags in _SOURCES)
+    sources = b"".join(path.read_bytes() + " ".join(flags).encode() for path, flags in _SOURCES) \
+        + (_CSRC / "bf16.h").read_bytes()
     key = hashlib.sha256(sources + " ".join([compiler, *_LIBS, _cpu_flags()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"kaip_kernels-{key}.so"
     if not target.exists():

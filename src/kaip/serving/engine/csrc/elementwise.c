@@ -7,19 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float bf16_in(uint16_t x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t bf16_out(float f) { /* torch's float-to-bfloat16: round to nearest even; NaN -> 0xFFFF */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFF;
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+#include "bf16.h"
 
 static inline float f32_in(float x) { return x; }
 static inline float f32_out(float x) { return x; }
@@ -61,24 +49,6 @@ ROTARY(kaip_rotary_bf16, uint16_t, bf16_in, bf16_out)
  * when the runner starts — exact by construction, and a gather instead of torch's tanh per element. The product is
  * rounded as torch's bfloat16 multiply rounds it. gate_up [rows, 2 * inter], rows `row_stride` apart: gate the first
  * half of a row, up the second; out [rows, inter] contiguous. */
-#ifdef __AVX512F__
-#include <immintrin.h>
-
-static inline __m512 bf16x16_in(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-
-static inline void bf16x16_out(uint16_t *p, __m512 x) { /* bf16_out, 16 at a time */
-    const __m512i b = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-    const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
-                                                  _mm512_set1_epi32(0x7F800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xFFFF));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
-}
-#endif
-
 int kaip_act_mul_bf16(const uint16_t *gate_up, int64_t rows, int64_t inter, int64_t row_stride, const float *table,
                       uint16_t *out, int nthreads) {
     _Pragma("omp parallel for schedule(static) num_threads(nthreads)")

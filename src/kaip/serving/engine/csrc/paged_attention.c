@@ -19,6 +19,8 @@
 #include <string.h>
 #include <math.h>
 
+#include "bf16.h"
+
 static inline float from_f32(float x) { return x; }
 
 /* The next block of a sequence is anywhere in the cache, so the hardware prefetcher cannot see it coming: while a
@@ -28,12 +30,6 @@ static inline void prefetch_row(const void *p, int64_t bytes) {
     for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)p + c, 0, 0);
 }
 
-static inline float from_bf16(uint16_t x) {  /* bfloat16 is the high half of a float32 */
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 #define PAGED_DECODE(NAME, T, LOAD)                                                                                  \
 int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const int64_t *ctx, const int64_t *lo,      \
@@ -103,7 +99,7 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const in
 }
 
 PAGED_DECODE(kaip_paged_decode_f32, float, from_f32)
-PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, from_bf16)
+PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, bf16_in)
 
 /* Prefill attention of one chunk of a sequence — queries at positions start .. start+n-1 — over its paged keys
  * 0 .. start+n-1 (causal; with a window, the last `window` positions). The chunk's own K/V are already in the
@@ -172,18 +168,8 @@ static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, i
     }
 }
 
-/* float32 -> bfloat16, round to nearest even, NaN -> 0xFFFF: torch's conversion, 16 at a time (n a multiple of 16).
- * Integer operations only, so -ffast-math cannot touch it. */
-static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) {
-    for (int64_t c = 0; c < n; c += 16) {
-        const __m512i b = _mm512_castps_si512(_mm512_loadu_ps(src + c));
-        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-        const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
-                                                      _mm512_set1_epi32(0x7F800000));
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xFFFF));
-        _mm256_storeu_si256((__m256i *)(dst + c), _mm512_cvtepi32_epi16(r));
-    }
+static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) { /* n a multiple of 16 */
+    for (int64_t c = 0; c < n; c += 16) bf16x16_out(dst + c, _mm512_loadu_ps(src + c));
 }
 
 /* Scores of a bfloat16 model: its queries and keys are bfloat16 values, so with AVX512-BF16 each instruction takes
@@ -360,7 +346,7 @@ int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *ta
 }
 
 PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32, store_f32_row, 0)
-PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, from_bf16, store_bf16_row, BF16_DOT)
+PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, bf16_in, store_bf16_row, BF16_DOT)
 #else
 int kaip_paged_prefill_f32(void) { return -2; }
 int kaip_paged_prefill_bf16(void) { return -2; }
