@@ -172,18 +172,6 @@ static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) { /* 
     for (int64_t c = 0; c < n; c += 16) bf16x16_out(dst + c, _mm512_loadu_ps(src + c));
 }
 
-/* Scores of a bfloat16 model: its queries and keys are bfloat16 values, so with AVX512-BF16 each instruction takes
- * two dimensions of 16 keys at once (products exact, summed in float32) — half the instructions of widening first. */
-#ifdef __AVX512BF16__
-#define BF16_DOT 1
-static inline __m512 dot_pairs(__m512 acc, __m512i keys, uint32_t q_pair) {
-    return _mm512_dpbf16_ps(acc, (__m512bh)keys, (__m512bh)_mm512_set1_epi32((int)q_pair));
-}
-#else
-#define BF16_DOT 0
-static inline __m512 dot_pairs(__m512 acc, __m512i keys, uint32_t q_pair) { (void)keys; (void)q_pair; return acc; }
-#endif
-
 static inline void store_f32_row(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 static inline void store_bf16_row(uint16_t *dst, const float *src, int64_t n) { to_bf16_row(dst, src, n); }
 
@@ -211,7 +199,7 @@ static inline void store_bf16_row(uint16_t *dst, const float *src, int64_t n) { 
         }                                                                                                            \
     } while (0)
 
-#define PAGED_PREFILL(NAME, T, LOAD, STORE, DOT)                                                                     \
+#define PAGED_PREFILL(NAME, T, LOAD, STORE)                                                                          \
 int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *table, int64_t start, int64_t n,       \
          int64_t window, T *out, int64_t H, int64_t KVH, int64_t hd, int64_t bs, float scale, int nthreads) {        \
     if (hd % 16 || hd > 256) return -2;                                                                              \
@@ -229,23 +217,12 @@ int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *ta
                 const int64_t p = c * 16 + t;                                                                        \
                 for (int64_t kh = 0; kh < KVH; kh++) {                                                               \
                     float *kd = kt + ((kh * nchunks + c) * hd) * 16 + t, *vd = vt + (kh * nchunks * 16 + p) * hd;    \
-                    if (p >= L) { /* zero keys (also zero as bfloat16 pairs) and values past the end */            \
-                        if (DOT) {                                                                                   \
-                            uint16_t *kp = (uint16_t *)kt + ((kh * nchunks + c) * hd) * 16 + t * 2;                  \
-                            for (int64_t d = 0; d < hd; d++) kp[(d >> 1) * 32 + (d & 1)] = 0;                        \
-                        } else {                                                                                     \
-                            for (int64_t d = 0; d < hd; d++) kd[d * 16] = 0.f;                                       \
-                        }                                                                                            \
-                        for (int64_t d = 0; d < hd; d++) vd[d] = 0.f;                                                \
+                    if (p >= L) {                                                                                    \
+                        for (int64_t d = 0; d < hd; d++) kd[d * 16] = vd[d] = 0.f;                                   \
                         continue;                                                                                    \
                     }                                                                                                \
                     const int64_t slot = (table[p / bs] * bs + p % bs) * row + kh * hd;                              \
-                    if (DOT) { /* bfloat16 tiles [hd/2][16 keys][2 dims], the layout dot_pairs reads */              \
-                        uint16_t *kp = (uint16_t *)kt + ((kh * nchunks + c) * hd) * 16 + t * 2;                      \
-                        for (int64_t d = 0; d < hd; d++) kp[(d >> 1) * 32 + (d & 1)] = (uint16_t)k[slot + d];        \
-                    } else {                                                                                         \
-                        for (int64_t d = 0; d < hd; d++) kd[d * 16] = LOAD(k[slot + d]);                             \
-                    }                                                                                                \
+                    for (int64_t d = 0; d < hd; d++) kd[d * 16] = LOAD(k[slot + d]);                                 \
                     for (int64_t d = 0; d < hd; d++) vd[d] = LOAD(v[slot + d]);                                      \
                 }                                                                                                    \
             }                                                                                                        \
@@ -264,35 +241,22 @@ int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *ta
                 float *s = malloc((size_t)(R * span + R * hd + 16 * hd) * sizeof(float));                            \
                 if (!s) { failed = 1; continue; }                                                                    \
                 float *qf = s + R * span, *of = qf + R * hd;                                                         \
-                for (int64_t r = 0; r < R && !DOT; r++) {                                                            \
+                for (int64_t r = 0; r < R; r++) {                                                                    \
                     const T *qs = q + (i0 + r / G) * q_stride + (kh * G + r % G) * hd;                               \
                     for (int64_t d = 0; d < hd; d++) qf[r * hd + d] = LOAD(qs[d]);                                   \
                 }                                                                                                    \
                 for (int64_t r0 = 0; r0 < R; r0 += ROWS) { /* scores: rows r = (i - i0) * G + g */                  \
                     const int64_t nr = R - r0 < ROWS ? R - r0 : ROWS;                                                \
                     const float *qr[ROWS];                                                                           \
-                    const uint32_t *qp[ROWS]; /* DOT: the bfloat16 query rows, two dimensions per word */           \
-                    for (int64_t j = 0; j < ROWS; j++) {                                                             \
-                        const int64_t r = r0 + (j < nr ? j : 0);                                                     \
-                        qr[j] = qf + r * hd;                                                                         \
-                        qp[j] = (const uint32_t *)(q + (i0 + r / G) * q_stride + (kh * G + r % G) * hd);             \
-                    }                                                                                                \
+                    for (int64_t j = 0; j < ROWS; j++) qr[j] = qf + (r0 + (j < nr ? j : 0)) * hd;                    \
                     for (int64_t c = c0; c < c1; c++) {                                                              \
                         const float *kc = kt + ((kh * nchunks + c) * hd) * 16;                                       \
                         __m512 acc[ROWS];                                                                            \
                         for (int64_t j = 0; j < ROWS; j++) acc[j] = _mm512_setzero_ps();                             \
-                        if (DOT) {                                                                                   \
-                            const uint16_t *kp = (const uint16_t *)kt + ((kh * nchunks + c) * hd) * 16;              \
-                            for (int64_t d2 = 0; d2 < hd / 2; d2++) {                                                \
-                                const __m512i kv = _mm512_load_si512((const void *)(kp + d2 * 32));                  \
-                                for (int64_t j = 0; j < ROWS; j++) acc[j] = dot_pairs(acc[j], kv, qp[j][d2]);        \
-                            }                                                                                        \
-                        } else {                                                                                     \
-                            for (int64_t d = 0; d < hd; d++) {                                                       \
-                                const __m512 kv = _mm512_load_ps(kc + d * 16);                                       \
-                                for (int64_t j = 0; j < ROWS; j++)                                                   \
-                                    acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(qr[j][d]), kv, acc[j]);                  \
-                            }                                                                                        \
+                        for (int64_t d = 0; d < hd; d++) {                                                           \
+                            const __m512 kv = _mm512_load_ps(kc + d * 16);                                           \
+                            for (int64_t j = 0; j < ROWS; j++)                                                       \
+                                acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(qr[j][d]), kv, acc[j]);                      \
                         }                                                                                            \
                         for (int64_t j = 0; j < nr; j++)                                                             \
                             _mm512_storeu_ps(s + (r0 + j) * span + (c - c0) * 16,                                    \
@@ -345,8 +309,8 @@ int NAME(const T *q, int64_t q_stride, const T *k, const T *v, const int64_t *ta
     return failed ? -1 : 0;                                                                                          \
 }
 
-PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32, store_f32_row, 0)
-PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, bf16_in, store_bf16_row, BF16_DOT)
+PAGED_PREFILL(kaip_paged_prefill_f32, float, from_f32, store_f32_row)
+PAGED_PREFILL(kaip_paged_prefill_bf16, uint16_t, bf16_in, store_bf16_row)
 #else
 int kaip_paged_prefill_f32(void) { return -2; }
 int kaip_paged_prefill_bf16(void) { return -2; }
