@@ -26,6 +26,12 @@ STREAMED_PATHS = ("/api/2.0/mlflow-artifacts/artifacts/",)
 STREAMED_PREFIXES = ("/workbenches/",)
 
 
+def too_large(limit: int) -> bytes:
+    """The 413 answer's body (a Kubernetes Status) for a request body over `limit` bytes."""
+    err = errors.ApiError(413, "RequestEntityTooLarge", f"the request body is larger than the limit of {limit} bytes")
+    return json.dumps(err.to_status()).encode()
+
+
 class BodyLimit:
     """Refuse request bodies over the limit with 413, whether or not they declare a Content-Length."""
 
@@ -61,9 +67,7 @@ class BodyLimit:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        err = errors.ApiError(413, "RequestEntityTooLarge",
-                              f"the request body is larger than the limit of {self.limit} bytes")
-        body = json.dumps(err.to_status()).encode()
+        body = too_large(self.limit)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -16,7 +16,6 @@ registered in uvicorn's server state), 400 on a malformed request. The body limi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from urllib.parse import unquote
 import httptools
 from starlette.types import ASGIApp, Message
 
-from kaip.api import errors
+from kaip.server.app import too_large
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +228,8 @@ class DataPlaneProtocol(asyncio.Protocol):
         writer = _ResponseWriter(self, request)
         try:
             if request.refused:
-                err = errors.ApiError(413, "RequestEntityTooLarge",
-                                      f"the request body is larger than the limit of {self.limit} bytes")
                 writer.keep_alive = False  # the rest of the body was not read
-                await writer.send_whole(413, json.dumps(err.to_status()).encode())
+                await writer.send_whole(413, too_large(self.limit))
             else:
                 await self.serving(self._scope(request), writer.receive, writer.send)
                 if not writer.started:
@@ -325,7 +322,7 @@ class _ResponseWriter:
         self.keep_alive = request.keep_alive
         self.started = False
         self.complete = False
-        self._head: list[bytes] | None = None
+        self._head_sent = False
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked = False
@@ -354,8 +351,8 @@ class _ResponseWriter:
         body = message.get("body", b"")
         more = message.get("more_body", False)
         out: list[bytes] = []
-        if self._head is None:
-            self._head = out
+        if not self._head_sent:
+            self._head_sent = True
             self._write_head(out, len(body), more)
         if self.request.method != "HEAD":
             if self._chunked:

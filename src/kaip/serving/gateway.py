@@ -48,8 +48,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"host",
               b"authorization", b"content-length", b"proxy-authorization"}
-RESPONSE_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
-RESPONSE_HOP_BYTES = {h.encode() for h in RESPONSE_HOP}
+RESPONSE_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade"}
 LOG_CAPTURE_LIMIT = 1024 * 1024
 REVISION_HEADER = b"x-kaip-revision"  # which revision answered: lets clients and tests see the split
 
@@ -474,8 +473,8 @@ class Gateway:
             log.warning("could not rewrite a JSON answer from %s: %r", revision, err)
         if captured is not None:
             captured.append(raw[:LOG_CAPTURE_LIMIT])
-        headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower().decode("latin-1")
-                              not in RESPONSE_HOP | {"content-length", "content-encoding"}], relocate)
+        drop = RESPONSE_HOP | {b"content-length", b"content-encoding"}
+        headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower() not in drop], relocate)
         headers += [(b"content-length", str(len(raw)).encode()), (REVISION_HEADER, revision.encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
@@ -484,7 +483,7 @@ class Gateway:
     async def _stream(send: Send, response: UpstreamResponse, captured: list[bytes] | None,
                       revision: str, streams: list[StreamTransform] | None = None,
                       relocate: tuple[str, str] | None = None) -> None:
-        drop = RESPONSE_HOP_BYTES | {b"content-length"} if streams else RESPONSE_HOP_BYTES
+        drop = RESPONSE_HOP | {b"content-length"} if streams else RESPONSE_HOP
         headers = _relocated([(k, v) for k, v in response.raw_headers if k.lower() not in drop], relocate)
         headers.append((REVISION_HEADER, revision.encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})

@@ -108,9 +108,9 @@ PAGED_DECODE(kaip_paged_decode_bf16, uint16_t, bf16_in)
  * 16 scores of one query head are 16 lanes of one register built by hd broadcast-FMAs, eight query rows at a time;
  * values are widened once into a contiguous float32 copy for P·V (`PV_GROUP_BODY`, `pv_one`). Head sizes that are
  * a multiple of 16 up to 256; returns -2 otherwise (and where AVX-512 is missing), and the
- * caller uses torch's SDPA. q, out: [n, H, hd] of the cache's type (q's rows q_stride elements apart) (a bfloat16 model's attention takes and gives
- * bfloat16 as its projections do: widened here per task, rounded to nearest even on the way out exactly as torch's
- * float-to-bfloat16 conversion, so the caller needs neither copy). */
+ * caller uses torch's SDPA. q, out: [n, H, hd] of the cache's type, q's rows q_stride elements apart. A bfloat16
+ * model's attention takes and gives bfloat16 as its projections do: widened here per task, rounded to nearest even
+ * on the way out exactly as torch's float-to-bfloat16 conversion, so the caller needs neither copy. */
 #ifdef __AVX512F__
 #include <immintrin.h>
 
@@ -168,12 +168,11 @@ static void pv_one(const float *vrows, int64_t hd, const float *ex, float inv, i
     }
 }
 
-static inline void to_bf16_row(uint16_t *dst, const float *src, int64_t n) { /* n a multiple of 16 */
+/* an output row of hd values (a multiple of 16), from the float32 accumulators */
+static inline void store_f32_row(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
+static inline void store_bf16_row(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t c = 0; c < n; c += 16) bf16x16_out(dst + c, _mm512_loadu_ps(src + c));
 }
-
-static inline void store_f32_row(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
-static inline void store_bf16_row(uint16_t *dst, const float *src, int64_t n) { to_bf16_row(dst, src, n); }
 
 /* PV_GROUP over heads g .. g+GB-1 of the current query (shifted views of ex, invs, dst) */
 #define PV_GROUP_AT(ND, GB, G0)                                                                                      \
