@@ -4,7 +4,13 @@ CPU time each process spent per request (gateway, runtime, load generator) — o
 the cores, so the ratio is bounded by their sum. With `--repeat N` each pair runs N times, alternating, and the
 medians are printed.
 
-    .venv/bin/python benchmarks/gateway.py [--requests 10000] [--concurrency 16 64] [--repeat 1]
+The load generator is `wrk` (C, Debian's `wrk` package; one thread, one connection per concurrent request, a
+closed loop), as proxies are usually measured: a Python load generator spends ~100 µs of CPU a request, which on
+two cores takes the time the gateway and the runtime need. `--client aiohttp` uses aiohttp instead (fixed request
+count, no extra package).
+
+    .venv/bin/python benchmarks/gateway.py [--client wrk|aiohttp] [--seconds 5] [--requests 10000]
+        [--concurrency 16 64] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +68,35 @@ async def run(url: str, body: dict, n: int, concurrency: int, headers: dict[str,
     return latencies, n / elapsed
 
 
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(url: str, body: dict, seconds: float, concurrency: int, headers: dict[str, str]) -> dict[str, float]:
+    """One closed-loop `wrk` run: p50/p99 in ms, requests/s, requests, and wrk's own CPU µs a request."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT.format(body=json.dumps(body)))
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", fh.name]
+    for key, value in headers.items():
+        cmd += ["-H", f"{key}: {value}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(fh.name)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw failed requests:\n{out}")
+    latency = {q: float(v) * UNITS[u] for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"p50": latency["50"], "p99": latency["99"], "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)
+            .group(1)), "n": n, "client": cpu / n * 1e6}
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
 
@@ -75,13 +113,18 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(url: str, n: int, conc: int, headers: dict[str, str], pids: dict[str, int]) -> dict[str, float]:
+def measured(args: argparse.Namespace, url: str, conc: int, headers: dict[str, str],
+             pids: dict[str, int]) -> dict[str, float]:
     """One closed-loop run: latency percentiles, throughput and microseconds of CPU per request per process."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    client = own_cpu()
-    lat, rps = asyncio.run(run(url, IRIS, n, conc, headers))
-    out = {"p50": pct(lat, 50), "p99": pct(lat, 99), "rps": rps, "client": (own_cpu() - client) / n * 1e6}
-    out.update({name: (cpu_seconds(pid) - before[name]) / n * 1e6 for name, pid in pids.items()})
+    if args.client == "wrk":
+        out = run_wrk(url, IRIS, args.seconds, conc, headers)
+    else:
+        client = own_cpu()
+        lat, rps = asyncio.run(run(url, IRIS, args.requests, conc, headers))
+        out = {"p50": pct(lat, 50), "p99": pct(lat, 99), "rps": rps, "n": args.requests,
+               "client": (own_cpu() - client) / args.requests * 1e6}
+    out.update({name: (cpu_seconds(pid) - before[name]) / out["n"] * 1e6 for name, pid in pids.items()})
     return out
 
 
@@ -91,10 +134,14 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk")
+    parser.add_argument("--seconds", type=float, default=5, help="length of a wrk run")
+    parser.add_argument("--requests", type=int, default=10000, help="requests in an aiohttp run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--repeat", type=int, default=1, help="runs of each pair; medians are printed")
     args = parser.parse_args()
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed: 'apt-get install wrk' (Debian), or --client aiohttp")
     tmp = Path(tempfile.mkdtemp())
     model = build_iris_model(tmp / "iris")
     # The server runs in its own process, as in production: the load generator must not share its interpreter.
@@ -122,12 +169,15 @@ def main() -> None:
                   f"{'added p50':>9} {'added p99':>9} {'direct rps':>10} {'gw rps':>7} {'ratio':>6}   "
                   "CPU µs/request: gateway, runtime (direct/via), client (direct/via)")
             for name, path in (("iris", "/v1/models/iris:predict"), ("echo", "/v1/models/echo:predict")):
+                warm = argparse.Namespace(**{**vars(args), "seconds": 1, "requests": 1000})
+                measured(warm, f"http://127.0.0.1:{port[name]}{path}", 16, {}, {})
+                measured(warm, f"{url}/serving/default/{name}{path}", 16, auth, {})
                 for conc in args.concurrency:
                     direct, via = [], []
                     for _ in range(args.repeat):
-                        direct.append(measured(f"http://127.0.0.1:{port[name]}{path}", args.requests, conc, {},
+                        direct.append(measured(args, f"http://127.0.0.1:{port[name]}{path}", conc, {},
                                                {"runtime": pid[name]}))
-                        via.append(measured(f"{url}/serving/default/{name}{path}", args.requests, conc, auth,
+                        via.append(measured(args, f"{url}/serving/default/{name}{path}", conc, auth,
                                             {"runtime": pid[name], "gateway": server_pid}))
                     ratios = [g["rps"] / d["rps"] for d, g in zip(direct, via, strict=True)]
                     d50, d99, g50, g99 = (median(direct, "p50"), median(direct, "p99"), median(via, "p50"),

@@ -232,7 +232,7 @@ class DataPlaneProtocol(asyncio.Protocol):
                 await writer.send_whole(413, too_large(self.limit))
             else:
                 await self.serving(self._scope(request), writer.receive, writer.send)
-                if not writer.started:
+                if not writer.started and not self._disconnected:  # a client that left gets no answer
                     raise RuntimeError("the app returned without a response")
         except Exception:
             log.exception("the gateway failed on %s %s", request.method, request.path)

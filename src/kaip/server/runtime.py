@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from sqlalchemy import text
 
-from kaip import __version__, config
+from kaip import __version__, config, heap
 from kaip.api import (
     core,  # noqa: F401  (registers the core kinds)
     errors,
@@ -258,6 +258,7 @@ class KaipServer:
         url = f"http://{host}:{port}"
         self.bootstrap(url)
         self.start()
+        heap.freeze()
         log.info("Kaip %s serving on %s (home %s)", self.store.url.split("://")[0], url, self.home)
         try:
             _uvicorn_server(self.uvicorn_config(host, port, timeout_graceful_shutdown=5), self.ctx.stopping).run()

@@ -42,6 +42,7 @@ def load(path: Path) -> Any:
 
 class SKLearnModel(Model):
     platform = "sklearn"
+    inline = True
 
     def __init__(self, name: str, model_dir: Path) -> None:
         self.name = name
