@@ -111,7 +111,10 @@ def test_the_kernels_build_here() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"),
-                         [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8)])
+                         # head sizes that are a multiple of 64 take the AVX-512 P·V (query heads in tiles of up to
+                         # four: 4, 3 + 4, 1 each), the others the portable loop
+                         [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8), (4, 1, 256, 16), (14, 2, 64, 16),
+                          (12, 12, 64, 8), (6, 2, 128, 4)])
 def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_heads: int, head_dim: int,
                                                                block_size: int, dtype: torch.dtype) -> None:
     assert native.available()
