@@ -75,7 +75,7 @@ wrk.headers["Content-Type"] = "application/json"
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def run_wrk(url: str, body: dict, seconds: float, concurrency: int, headers: dict[str, str]) -> dict[str, float]:
+def run_wrk(url: str, body: dict, seconds: int, concurrency: int, headers: dict[str, str]) -> dict[str, float]:
     """One closed-loop `wrk` run: p50/p99 in ms, requests/s, requests, and wrk's own CPU µs a request."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_SCRIPT.format(body=json.dumps(body)))
@@ -92,9 +92,9 @@ def run_wrk(url: str, body: dict, seconds: float, concurrency: int, headers: dic
         raise RuntimeError(f"wrk saw failed requests:\n{out}")
     latency = {q: float(v) * UNITS[u] for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
     n = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"p50": latency["50"], "p99": latency["99"], "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)
-            .group(1)), "n": n, "client": cpu / n * 1e6}
+    return {"p50": latency["50"], "p99": latency["99"], "rps": rps, "n": n, "client": cpu / n * 1e6}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -135,7 +135,7 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk")
-    parser.add_argument("--seconds", type=float, default=5, help="length of a wrk run")
+    parser.add_argument("--seconds", type=int, default=5, help="length of a wrk run (whole seconds, as wrk takes it)")
     parser.add_argument("--requests", type=int, default=10000, help="requests in an aiohttp run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--repeat", type=int, default=1, help="runs of each pair; medians are printed")
@@ -169,7 +169,7 @@ def main() -> None:
                   f"{'added p50':>9} {'added p99':>9} {'direct rps':>10} {'gw rps':>7} {'ratio':>6}   "
                   "CPU µs/request: gateway, runtime (direct/via), client (direct/via)")
             for name, path in (("iris", "/v1/models/iris:predict"), ("echo", "/v1/models/echo:predict")):
-                warm = argparse.Namespace(**{**vars(args), "seconds": 1, "requests": 1000})
+                warm = argparse.Namespace(**vars(args) | {"seconds": 1, "requests": 1000})
                 measured(warm, f"http://127.0.0.1:{port[name]}{path}", 16, {}, {})
                 measured(warm, f"{url}/serving/default/{name}{path}", 16, auth, {})
                 for conc in args.concurrency:

@@ -136,6 +136,10 @@ def build_app(model: Model, registry: CollectorRegistry, routes: list[Route] | N
             return bad
         return JSONResponse({"name": name, "ready": model.ready})
 
+    async def predicting(fn: Callable[..., Any], *args: Any) -> Any:
+        """`infer` / `predict`: on the event loop for an `inline` model, else in a worker thread."""
+        return fn(*args) if model.inline else await asyncio.to_thread(fn, *args)
+
     async def v2_infer(request: Request) -> Response:
         if (bad := find(request.path_params["name"])) or (bad := version_ok(request)):
             return bad
@@ -143,8 +147,7 @@ def build_app(model: Model, registry: CollectorRegistry, routes: list[Route] | N
         try:
             req = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
             started = time.perf_counter()
-            outputs = model.infer(req.inputs, req.parameters) if model.inline else \
-                await asyncio.to_thread(model.infer, req.inputs, req.parameters)
+            outputs = await predicting(model.infer, req.inputs, req.parameters)
             predict_seconds.labels(model.name).observe(time.perf_counter() - started)
             payload, headers = oip.encode_response(model.name, model.version, req, outputs)
         except oip.ProtocolError as err:
@@ -180,8 +183,7 @@ def build_app(model: Model, registry: CollectorRegistry, routes: list[Route] | N
         started = time.perf_counter()
         try:
             if verb == "predict":
-                out: dict[str, Any] = {"predictions": model.predict(instances) if model.inline else
-                                       await asyncio.to_thread(model.predict, instances)}
+                out: dict[str, Any] = {"predictions": await predicting(model.predict, instances)}
                 predict_seconds.labels(model.name).observe(time.perf_counter() - started)
             else:
                 out = await asyncio.to_thread(model.explain, instances)

@@ -32,6 +32,11 @@ static inline void prefetch_row(const void *p, int64_t bytes) {
     for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)p + c, 0, 0);
 }
 
+/* a row wanted again after a while (a value row, read by P·V once the scores are done): kept in all cache levels */
+static inline void prefetch_row_kept(const void *p, int64_t bytes) {
+    for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)p + c, 0, 3);
+}
+
 #ifdef __AVX512F__
 static inline __m512 f32x16_in(const float *p) { return _mm512_loadu_ps(p); }
 
@@ -46,11 +51,9 @@ static inline __m512 f32x16_in(const float *p) { return _mm512_loadu_ps(p); }
             for (int j = 0; j < 4; j++) a[g][j] = _mm512_setzero_ps();                                               \
         for (int64_t b = start / bs; b * bs < L; b++) {                                                              \
             const int64_t first = b * bs < start ? start - b * bs : 0, last = L - b * bs < bs ? L - b * bs : bs;      \
-            const T *vb = v + table[b] * bs * row + col;                                                             \
-            const T *vn = (b + 1) * bs < L ? v + table[b + 1] * bs * row + col : NULL;                               \
+            const T *vb = v + table[b] * bs * row + col; /* in cache: prefetched during the key pass */            \
             for (int64_t t = first; t < last; t++) {                                                                 \
                 const T *vp = vb + t * row;                                                                          \
-                if (vn) prefetch_row(vn + t * row, 64 * (int64_t)sizeof(T));                                         \
                 const __m512 x0 = LD(vp), x1 = LD(vp + 16), x2 = LD(vp + 32), x3 = LD(vp + 48);                      \
                 const float *sp = scores + (b * bs + t - start) + h0 * len;                                          \
                 for (int g = 0; g < (NH); g++) {                                                                     \
@@ -109,12 +112,11 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const in
             const int64_t first = b * bs < start ? start - b * bs : 0, last = L - b * bs < bs ? L - b * bs : bs;      \
             const T *kb = k + table[b] * bs * row;                                                                   \
             const T *kn = (b + 1) * bs < L ? k + table[b + 1] * bs * row : NULL;                                     \
+            const T *vb = v + table[b] * bs * row;                                                                   \
             for (int64_t t = first; t < last; t++) {                                                                 \
                 const T *kr = kb + t * row;                                                                          \
                 if (kn) prefetch_row(kn + t * row, row * (int64_t)sizeof(T));                                        \
-                /* the value row too, into cache for the P·V pass: its loads no longer wait on memory */          \
-                for (int64_t c = 0; c < row * (int64_t)sizeof(T); c += 64)                                           \
-                    __builtin_prefetch((const char *)(v + table[b] * bs * row + t * row) + c, 0, 3);                 \
+                prefetch_row_kept(vb + t * row, row * (int64_t)sizeof(T)); /* P·V's loads then wait on no memory */ \
                 float *sp = scores + (b * bs + t - start);                                                           \
                 for (int64_t h = 0; h < H; h++) {                                                                    \
                     const float *qh = qi + h * hd;                                                                   \
