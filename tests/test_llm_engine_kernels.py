@@ -75,25 +75,43 @@ def test_act_mul_equals_torchs_activation_and_product_bit_for_bit(activation: st
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gemma", [True, False])
-def test_rms_scale_equals_the_norms_of_transformers_bit_for_bit(dtype: torch.dtype, gemma: bool) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rms_norm_equals_the_norms_of_transformers_bit_for_bit(dtype: torch.dtype, gemma: bool, threads: int) -> None:
+    """The whole norm in C, its sum of squares in torch's own order: the same bits as transformers' Llama and Gemma 3
+    norms for the widths models have (hidden sizes up to past the sum's second cascade level, per-head q/k norms
+    reading a view of the fused projection), rows of any scale, infinities and NaN. (Widths that are multiples of
+    32, as hidden sizes are: torch's bfloat16 multiply writes a NaN as 0xFFFF in its vector loop but 0x7FC0 in the
+    scalar tail of a row; the kernel writes 0xFFFF everywhere.)"""
     assert native.available()
-    g = torch.Generator().manual_seed(int(gemma))
-    eps = 1e-6
-    fused = (torch.randn(29, 7 * 64, generator=g) * 3).to(dtype)
-    for x in (fused[:, :320], fused[:, :4 * 64].view(29, 4, 64)):  # rows apart; per-head (q/k norms) too
-        d = x.shape[-1]
-        w = torch.randn(d, generator=g).to(dtype)
-        xf = x.float()
-        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        if gemma:  # Gemma3RMSNorm: in float32, times (1 + w), cast back once
-            weight = 1.0 + w.float()
-            want = (xf * r * weight).type_as(x)
-        else:  # LlamaRMSNorm: cast back, then times w
-            weight = w
-            want = weight * (xf * r).to(dtype)
-        got = native.rms_scale(x, r, weight, gemma)
-        assert got is not None and torch.equal(got, want)
-    assert native.rms_scale(x, r, weight.to(torch.float64), gemma) is None  # a weight it does not take: torch's
+    g = torch.Generator().manual_seed(int(gemma) + 2 * threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for width, eps, scale in ((576, 1e-5, 3.0), (640, 1e-6, 0.01), (896, 1e-6, 300.0), (2048, 1e-5, 1.0),
+                                  (16 * 4 * 16 * 16 + 64, 1e-6, 2.0)):
+            fused = (torch.randn(33, width + 96, generator=g) * scale).to(dtype)
+            fused[0, :3] = torch.tensor([float("inf"), 1.0, 2.0])
+            fused[1, 5] = float("nan")
+            for x in (fused[:, :width], fused[:, :width - width % 64].view(33, -1, 64)):  # rows apart; per head
+                d = x.shape[-1]
+                w = torch.randn(d, generator=g).to(dtype)
+                xf = x.float()
+                r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+                if gemma:  # Gemma3RMSNorm: in float32, times (1 + w), cast back once
+                    weight = 1.0 + w.float()
+                    want = (xf * r * weight).type_as(x)
+                else:  # LlamaRMSNorm: cast back, then times w
+                    weight = w
+                    want = weight * (xf * r).to(dtype)
+                got = native.rms_norm(x, eps, weight, gemma)
+                assert got is not None and torch.equal(got.view(torch.int16 if dtype == torch.bfloat16 else
+                                                                torch.int32),
+                                                       want.view(torch.int16 if dtype == torch.bfloat16 else
+                                                                 torch.int32))
+    finally:
+        torch.set_num_threads(before)
+    assert native.rms_norm(x, 1e-6, weight.to(torch.float64), gemma) is None  # a weight it does not take: torch's
+    assert native.rms_norm_exact(dtype)
 
 
 def test_prefill_refuses_queries_of_another_dtype() -> None:

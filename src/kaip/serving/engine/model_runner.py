@@ -241,11 +241,12 @@ class PagedRunner:
         # The prefill kernel needs AVX-512 and a head size that is a multiple of 16 (up to 256).
         self.native_decode = native.available()
         self.native_prefill = self.native_decode and native.prefill_supported(self.head_dim)
-        self.native_rotary = self.native_rms = self.native_decode
-        # bfloat16 GELU: the MLP's act(gate) * up in one pass, act looked up in a table of torch's own outputs (exact);
-        # torch's tanh GELU costs ~1.5 ns an element here, its SiLU less than the lookup
+        self.native_rotary = self.native_decode
+        self.native_rms = self.native_decode and native.rms_norm_exact(self.dtype)
+        # bfloat16: the MLP's act(gate) * up in one pass, act looked up in a table of torch's own outputs (exact);
+        # a [512, 1536] SiLU step 0.59 -> 0.38 ms, a [512, 2048] tanh-GELU step 1.63 -> 0.47 ms
         self.act_table = native.activation_table(self.act) if self.native_decode and self.dtype == torch.bfloat16 \
-            and spec.activation == "gelu_pytorch_tanh" else None
+            else None
         self.loras: dict[str, LoRAAdapter] = {}
         self.lora_steps = 0  # steps that applied LoRA deltas (a base-only step never does)
 
@@ -264,12 +265,12 @@ class PagedRunner:
         return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.native_rms:  # the scaling in one pass (the reduction above stays torch's)
-            out = native.rms_scale(x, r, weight, self.spec.gemma_norms)
+        if self.native_rms:  # one pass, torch's summation order and roundings
+            out = native.rms_norm(x, self.eps, weight, self.spec.gemma_norms)
             if out is not None:
                 return out
+        xf = x.float()
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         normed = xf * r
         if self.spec.gemma_norms:  # as Gemma's own norm: scaled in float32, then cast back
             return (normed * weight).type_as(x)

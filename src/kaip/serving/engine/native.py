@@ -37,7 +37,7 @@ _decode: dict[torch.dtype, ctypes._CFuncPtr] = {}  # by the cache's dtype, fille
 _prefill: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _rotary: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _act_mul: ctypes._CFuncPtr | None = None
-_rms_scale: dict[torch.dtype, ctypes._CFuncPtr] = {}
+_rms_norm: dict[torch.dtype, ctypes._CFuncPtr] = {}
 _error: str | None = None
 _i64, _f32p = ctypes.c_int64, ctypes.c_void_p
 
@@ -91,8 +91,8 @@ def _build() -> ctypes.CDLL:
         rotary.argtypes = [_f32p] * 3 + [_i64] * 4 + [ctypes.c_int]
         decode.restype = prefill.restype = rotary.restype = ctypes.c_int
         _decode[dtype], _prefill[dtype], _rotary[dtype] = decode, prefill, rotary
-        rms = _rms_scale[dtype] = getattr(lib, f"kaip_rms_scale_{suffix}")
-        rms.argtypes = [_f32p] + [_i64] * 4 + [_f32p, _f32p, ctypes.c_int, _f32p, ctypes.c_int]
+        rms = _rms_norm[dtype] = getattr(lib, f"kaip_rms_norm_{suffix}")
+        rms.argtypes = [_f32p] + [_i64] * 4 + [ctypes.c_float, _f32p, ctypes.c_int, _f32p, ctypes.c_int]
         rms.restype = ctypes.c_int
     global _act_mul
     _act_mul = lib.kaip_act_mul_bf16
@@ -211,22 +211,45 @@ def act_mul(gate_up: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
-def rms_scale(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, gemma: bool) -> torch.Tensor | None:
-    """The scaling half of an RMSNorm in one pass, bit for bit as torch's operations (`csrc/elementwise.c`), once
-    torch has computed r = rsqrt(mean(x.float()^2) + eps) [..., 1]: Gemma's (x * r * weight) rounded once with a
-    float32 weight (1 + w), else Llama's weight * round(x * r) with a weight of x's dtype. x [T, D] or [T, H, D]
-    (rows may be apart, heads contiguous). A new contiguous tensor, or None where the layout is not one the kernel
-    takes."""
+_rms_exact: dict[torch.dtype, bool] = {}
+
+
+def rms_norm_exact(dtype: torch.dtype) -> bool:
+    """Whether `rms_norm` gives torch's own bits here, checked once per dtype on random rows of a few widths: its
+    summation order copies torch's internal one, which another torch build could change (then the runner keeps
+    torch's operations)."""
+    if dtype not in _rms_exact:
+        g = torch.Generator().manual_seed(0)
+        same: list[bool | None] = []  # None: a dtype or layout the kernel does not take
+        for width in (64, 576, 2048 + 16) if available() else ():
+            x = (torch.randn(9, width, generator=g) * 3).to(dtype)
+            w = torch.randn(width, generator=g).to(dtype)
+            got = rms_norm(x, 1e-6, w, False)
+            xf = x.float()
+            want = w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+            same.append(None if got is None else torch.equal(got, want))
+        if False in same:
+            log.warning("engine RMSNorm kernel does not match this torch's summation order; using torch's")
+        _rms_exact[dtype] = bool(same) and all(same)
+    return _rms_exact[dtype]
+
+
+def rms_norm(x: torch.Tensor, eps: float, weight: torch.Tensor, gemma: bool) -> torch.Tensor | None:
+    """An RMSNorm in one pass, bit for bit as transformers' norms compute it with torch's operations
+    (`csrc/elementwise.c`: the sum of squares in torch's own summation order, then mean, + eps, 1 / sqrt): Gemma's
+    (x * r * weight) rounded once with a float32 weight (1 + w), else Llama's weight * round(x * r) with a weight of
+    x's dtype. x [T, D] or [T, H, D] (rows may be apart, heads contiguous). A new contiguous tensor, or None where
+    the layout is not one the kernel takes (then torch's operations)."""
     assert _lib is not None, "native.available() first"
-    fn = _rms_scale.get(x.dtype)
+    fn = _rms_norm.get(x.dtype)
     if fn is None or x.dim() not in (2, 3) or x.stride(-1) != 1:
         return None
     T, H, D = (x.shape[0], 1, x.shape[1]) if x.dim() == 2 else x.shape
-    if (H > 1 and x.stride(1) != D) or r.dtype != torch.float32 or r.numel() != T * H or weight.shape != (D,) \
-            or weight.dtype != (torch.float32 if gemma else x.dtype):
+    if (H > 1 and x.stride(1) != D) or weight.shape != (D,) or weight.dtype != (torch.float32 if gemma else x.dtype):
         return None
-    r, weight = r.contiguous(), weight.contiguous()
+    weight = weight.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype)
-    fn(x.data_ptr(), T, H, D, x.stride(0), r.data_ptr(), weight.data_ptr(), int(gemma), out.data_ptr(),
-       torch.get_num_threads())
+    if fn(x.data_ptr(), T, H, D, x.stride(0), eps, weight.data_ptr(), int(gemma), out.data_ptr(),
+          torch.get_num_threads()):
+        return None
     return out

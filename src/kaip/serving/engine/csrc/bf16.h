@@ -36,5 +36,15 @@ static inline void bf16x16_out(uint16_t *p, __m512 x) { /* bf16_out, 16 at a tim
     r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xFFFF));
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
 }
+
+static inline __m512 bf16x16_round(__m512 x) { /* bf16_out then bf16_in, in registers */
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb),
+                                 _mm512_set1_epi32((int)0xFFFF0000u));
+    const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                  _mm512_set1_epi32(0x7F800000));
+    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
 #endif
 #endif
