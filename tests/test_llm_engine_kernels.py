@@ -132,7 +132,7 @@ def test_the_kernels_build_here() -> None:
                          # head sizes that are a multiple of 64 take the AVX-512 P·V (query heads in tiles of up to
                          # four: 4, 3 + 4, 1 each), the others the portable loop
                          [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8), (4, 1, 256, 16), (14, 2, 64, 16),
-                          (12, 12, 64, 8), (6, 2, 128, 4)])
+                          (12, 12, 64, 8), (6, 2, 128, 4), (2, 1, 96, 16)])
 def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_heads: int, head_dim: int,
                                                                block_size: int, dtype: torch.dtype) -> None:
     assert native.available()
@@ -143,12 +143,15 @@ def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_h
     ctx = torch.tensor([1, block_size, block_size + 1, 3 * block_size - 1, 7 * block_size])
     n, max_blocks = len(ctx), 7
     tables = torch.stack([torch.randperm(num_blocks, generator=g)[:max_blocks] for _ in range(n)])
-    q = torch.randn(n, heads, head_dim, generator=g)
     scale = 0.3
-    for lo in (torch.zeros(n, dtype=torch.long), ctx - 5, ctx - block_size - 2):  # full, and two sliding windows
-        got = native.paged_decode(q, kc, vc, tables, ctx, lo, scale)
-        want = _reference(q, kc, vc, tables, ctx, lo.clamp(min=0), scale)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # float32 queries, and bfloat16 values as a bfloat16 model's are (a bfloat16 cache's scores then come from
+    # bfloat16 dot products where the head size is a multiple of 32: 16 keys' partial sums added across lanes at once)
+    for q in (torch.randn(n, heads, head_dim, generator=g), torch.randn(n, heads, head_dim, generator=g).to(dtype)
+              .float()):
+        for lo in (torch.zeros(n, dtype=torch.long), ctx - 5, ctx - block_size - 2):  # full, two sliding windows
+            got = native.paged_decode(q, kc, vc, tables, ctx, lo, scale)
+            want = _reference(q, kc, vc, tables, ctx, lo.clamp(min=0), scale)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _prefill_with_bf16_probabilities(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,

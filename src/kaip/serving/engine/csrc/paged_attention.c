@@ -92,6 +92,92 @@ DECODE_PV(decode_pv_bf16, uint16_t, bf16x16_in)
 #define DECODE_PV_FAST(FN)
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+/* Decode scores on bfloat16 dot products, for a bfloat16 cache (where a query is itself bfloat16 values): per key
+ * and query head, hd / 32 `vdpbf16ps` leave 16 partial sums in a register (no horizontal sum per key, which took two
+ * thirds of the portable loop's time with its single-lane adds and stores); sixteen keys' partials are then summed
+ * across lanes together by a transpose-and-add tree (`hsum16`), sixteen scores a register. Each key row is read once
+ * for its kv head's G query heads. Returns 0, or -2 where it does not apply (a query that is not bfloat16 values, a
+ * head size that is not a multiple of 32, more than 8192 query values). */
+#define DQ_MAX 8192
+
+/* lane i = the sum of the 16 lanes of row i of v [16][16] (64-byte aligned); rows placed by DQ_ROW so lanes come out
+ * in key order */
+static const int DQ_ROW[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+static inline __m512 hsum16(const float *v) {
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) {
+        const __m512 x = _mm512_load_ps(v + 16 * i), y = _mm512_load_ps(v + 16 * (i + 8));
+        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xEE));
+    }
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 4], 0x88), _mm512_shuffle_f32x4(a[i], a[i + 4], 0xDD));
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[i], b[i + 2], 0x44), _mm512_shuffle_ps(b[i], b[i + 2], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+}
+
+static int decode_scores_bf16_dot(const float *qi, const uint16_t *k, const uint16_t *v, const int64_t *table,
+                                  int64_t start, int64_t L, int64_t bs, int64_t row, int64_t hd, int64_t H, int64_t G,
+                                  float scale, float *scores, int64_t len) {
+    if (hd % 32 || H * hd > DQ_MAX) return -2;
+    uint32_t qw[DQ_MAX / 2] __attribute__((aligned(64)));
+    for (int64_t x = 0; x < H * hd; x += 2) {
+        uint32_t a, b;
+        memcpy(&a, qi + x, 4);
+        memcpy(&b, qi + x + 1, 4);
+        if ((a | b) & 0xFFFFu) return -2; /* not a bfloat16 value: the float32 path keeps its precision */
+        qw[x / 2] = (a >> 16) | (b & 0xFFFF0000u);
+    }
+    const int64_t nw = hd / 32, KVH = H / G;
+    /* partials [H][16 keys][16 lanes], then each key's row (K and V share the offsets) */
+    float *part = aligned_alloc(64, (size_t)(H * 256) * sizeof(float) + (size_t)(len + 16) * sizeof(int64_t));
+    if (!part) return -1;
+    int64_t *at = (int64_t *)(part + H * 256);
+    for (int64_t p = start, blk = start / bs, off = start % bs; p < L; p++) { /* block by block: no division */
+        at[p - start] = (table[blk] * bs + off) * row;
+        if (++off == bs) { off = 0; blk++; }
+    }
+    for (int64_t p0 = start; p0 < L; p0 += 16) {
+        const int64_t cnt = L - p0 < 16 ? L - p0 : 16, base = p0 - start;
+        for (int64_t t = 0; t < 16; t++) {
+            float *pt = part + DQ_ROW[t] * 16;
+            if (t >= cnt) {
+                for (int64_t h = 0; h < H; h++) _mm512_store_ps(pt + h * 256, _mm512_setzero_ps());
+                continue;
+            }
+            if (base + t + 16 < len) prefetch_row(k + at[base + t + 16], row * 2); /* the next group's row */
+            prefetch_row_kept(v + at[base + t], row * 2); /* P·V's loads then wait on no memory */
+            const uint16_t *kr = k + at[base + t];
+            for (int64_t kh = 0; kh < KVH; kh++) {
+                const uint16_t *kp = kr + kh * hd;
+                for (int64_t g = 0; g < G; g++) {
+                    const int64_t h = kh * G + g;
+                    const uint32_t *qh = qw + h * hd / 2;
+                    __m512 acc = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_load_si512(qh),
+                                                  (__m512bh)_mm512_loadu_si512(kp));
+                    for (int64_t j = 1; j < nw; j++)
+                        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_load_si512(qh + 16 * j),
+                                               (__m512bh)_mm512_loadu_si512(kp + 32 * j));
+                    _mm512_store_ps(pt + h * 256, acc);
+                }
+            }
+        }
+        const __mmask16 valid = (__mmask16)((1u << cnt) - 1);
+        for (int64_t h = 0; h < H; h++)
+            _mm512_mask_storeu_ps(scores + h * len + base, valid,
+                                  _mm512_mul_ps(hsum16(part + h * 256), _mm512_set1_ps(scale)));
+    }
+    free(part);
+    return 0;
+}
+#define DECODE_QK_FAST(T)                                                                                            \
+    if (sizeof(T) == 2 && decode_scores_bf16_dot(qi, (const uint16_t *)k, (const uint16_t *)v, table, start, L, bs,  \
+                                                 row, hd, H, G, scale, scores, len) == 0) {} else
+#else
+#define DECODE_QK_FAST(T)
+#endif
+
 #define PAGED_DECODE(NAME, T, LOAD, PV)                                                                                  \
 int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const int64_t *ctx, const int64_t *lo,      \
          float *out, int64_t n, int64_t H, int64_t KVH, int64_t hd, int64_t bs, int64_t max_blocks, float scale,      \
@@ -108,6 +194,7 @@ int NAME(const float *q, const T *k, const T *v, const int64_t *tables, const in
         if (!scores) { failed = 1; continue; }                                                                       \
         const float *qi = q + i * H * hd;                                                                            \
         const int64_t *table = tables + i * max_blocks;                                                              \
+        DECODE_QK_FAST(T)                                                                                            \
         for (int64_t b = start / bs; b * bs < L; b++) { /* block by block: no division per key */                   \
             const int64_t first = b * bs < start ? start - b * bs : 0, last = L - b * bs < bs ? L - b * bs : bs;      \
             const T *kb = k + table[b] * bs * row;                                                                   \
