@@ -154,6 +154,10 @@ def test_paged_decode_equals_attention_over_the_gathered_blocks(heads: int, kv_h
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+# the CPU has bfloat16 dot products (AVX512-BF16): a bfloat16 cache's prefill takes them (else the widened kernel)
+_BF16_DOT = " avx512_bf16" in native._cpu_flags()
+
+
 def _prefill_with_bf16_probabilities(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                                      scale: float) -> torch.Tensor:
     """Causal attention computed as a bfloat16 SDPA on torch's CPU kernel computes it: float32 scores and softmax,
@@ -194,7 +198,7 @@ def test_paged_prefill_equals_causal_attention(heads: int, kv_heads: int, head_d
                                               enable_gqa=True, scale=0.3)[0].transpose(0, 1)
         if dtype == torch.float32:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        elif head_dim % 64:  # widened to float32: the same sums as the float32 kernel, rounded as torch rounds
+        elif head_dim % 64 or not _BF16_DOT:  # widened to float32: the float32 kernel's sums, rounded as torch
             wide = native.paged_prefill(q.float(), kc.float(), vc.float(), table, start, window, 0.3)
             assert torch.equal(got, wide.to(dtype))
         else:  # bfloat16 dot products, probabilities rounded to bfloat16 for P·V, as torch's own bfloat16 SDPA
